@@ -1,0 +1,203 @@
+"""Stage fetch_data: the competition's train.zip, test.zip and sample_submission.csv to data/raw.
+
+With `data_source: ""` the bundle is downloaded with the official kaggle client;
+otherwise `data_source` is a local copy: the bundle zip, a folder holding the
+three files, or a folder in the unpacked layout (train/, test/, sample_submission.csv).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO
+
+import requests
+
+from stages.common import (
+    SAMPLE_SUBMISSION,
+    TEST_ZIP,
+    TRAIN_ZIP,
+    StageError,
+    atomic_output,
+    load_params,
+    remove,
+    run,
+)
+
+OUTPUTS = (TRAIN_ZIP, TEST_ZIP, SAMPLE_SUBMISSION)
+NAMES = tuple(path.name for path in OUTPUTS)  # what the competition bundle holds
+# Not a DVC output: kept between runs so the client resumes a partial bundle.
+DOWNLOAD_DIR = Path("data/.kaggle-download")
+CHUNK_BYTES = 1 << 20
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entry timestamps, so rebuilt archives hash the same
+EXPECTED = (
+    "expected the competition's zip, a folder with train.zip, test.zip and "
+    "sample_submission.csv, or a folder with train/, test/ and sample_submission.csv"
+)
+
+
+def write(dest: Path, source: IO[bytes], origin: str) -> None:
+    """Stream `source` into `dest` atomically, checking that a .zip really is one."""
+    with atomic_output(dest) as temporary:
+        with temporary.open("wb") as target:
+            shutil.copyfileobj(source, target, CHUNK_BYTES)
+        report(temporary, dest, origin)
+
+
+def report(temporary: Path, dest: Path, origin: str) -> None:
+    if dest.suffix != ".zip":
+        with temporary.open("rb") as stream:
+            rows = sum(1 for _ in stream) - 1  # minus the header
+        print(f"fetch_data: wrote {dest} ({rows} rows)", flush=True)
+        return
+    try:
+        with zipfile.ZipFile(temporary) as archive:
+            entries = len(archive.namelist())
+    except zipfile.BadZipFile:
+        raise StageError(f"{dest.name} from {origin} is not a zip file") from None
+    print(f"fetch_data: wrote {dest} ({entries} entries)", flush=True)
+
+
+def extract_bundle(bundle: Path) -> None:
+    """Copy train.zip, test.zip and sample_submission.csv out of the competition's zip."""
+    try:
+        with zipfile.ZipFile(bundle) as archive:
+            for name in NAMES:
+                if name not in archive.namelist():
+                    raise StageError(f"{bundle} has no {name}: {EXPECTED}")
+            for name, dest in zip(NAMES, OUTPUTS, strict=True):
+                with archive.open(name) as source:
+                    write(dest, source, str(bundle))
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise StageError(f"{bundle} is not a valid zip file ({error})") from None
+
+
+def zip_folder(folder: Path, dest: Path) -> None:
+    """Build Kaggle's train.zip/test.zip (entries "<folder>/<name>.jpg") from unpacked photos."""
+    photos = sorted(folder.glob("*.jpg"))
+    if not photos:
+        raise StageError(f"{folder} holds no .jpg photos")
+    with atomic_output(dest) as temporary:
+        # Stored, not deflated: JPEGs don't compress and this keeps it fast.
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
+            for photo in photos:
+                info = zipfile.ZipInfo(f"{folder.name}/{photo.name}", FIXED_TIME)
+                with photo.open("rb") as source, archive.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        report(temporary, dest, str(folder))
+
+
+def copy_local(source: Path) -> None:
+    print(f"fetch_data: copying the data from {source}", flush=True)
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise StageError(f"data_source {source} is not a zip file: {EXPECTED}")
+        extract_bundle(source)
+    elif all((source / name).is_file() for name in NAMES):
+        for name, dest in zip(NAMES, OUTPUTS, strict=True):
+            with (source / name).open("rb") as stream:
+                write(dest, stream, str(source))
+    elif (
+        (source / "train").is_dir()
+        and (source / "test").is_dir()
+        and (source / SAMPLE_SUBMISSION.name).is_file()
+    ):
+        zip_folder(source / "train", TRAIN_ZIP)
+        zip_folder(source / "test", TEST_ZIP)
+        with (source / SAMPLE_SUBMISSION.name).open("rb") as stream:
+            write(SAMPLE_SUBMISSION, stream, str(source))
+    elif source.is_dir():
+        raise StageError(f"data_source {source} fits no known layout: {EXPECTED}")
+    else:
+        raise StageError(f"data_source {source} does not exist: {EXPECTED}")
+
+
+def state(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a file, to tell whether the client wrote to it."""
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+
+
+def download(competition: str) -> Path:
+    """Download the competition's bundle with the kaggle client; map its failures to one line."""
+    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
+    bundle = DOWNLOAD_DIR / f"{competition}.zip"  # the client names it after the competition
+    print(f"fetch_data: downloading {competition} from Kaggle", flush=True)
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    before = state(bundle)
+    try:
+        # Importing kaggle already authenticates, and without credentials both the
+        # import and authenticate() print a page of help (then exit): keep it out.
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+        # The client's progress bar helps on a terminal and floods a log.
+        api.competition_download_files(
+            competition, path=str(DOWNLOAD_DIR), quiet=not sys.stderr.isatty()
+        )
+    except SystemExit:
+        raise StageError(
+            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY or put kaggle.json "
+            f"in ~/.kaggle/ (from https://www.kaggle.com/settings), and accept the rules at {rules}"
+        ) from None
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        messages = {
+            401: "Kaggle rejected the credentials (HTTP 401): check KAGGLE_USERNAME and "
+            "KAGGLE_KEY or ~/.kaggle/kaggle.json (a new token is at https://www.kaggle.com/settings)",
+            403: f"Kaggle refused the download (HTTP 403): accept the competition rules at {rules}",
+            404: f"Kaggle has no competition '{competition}' (HTTP 404): "
+            "check 'competition' in params.yaml",
+        }
+        other = f"Kaggle answered HTTP {status} for {competition}: try again later"
+        raise StageError(messages.get(status, other)) from None
+    except (requests.ConnectionError, requests.Timeout, ValueError) as error:
+        # The client retries a broken transfer 5 times, then raises its last error,
+        # or ValueError if the file came out short; the partial file stays for a resume.
+        if state(bundle) != before:
+            raise StageError(
+                "the download from Kaggle broke off: run the stage again to resume it"
+            ) from None
+        if isinstance(error, ValueError):
+            raise
+        raise StageError(
+            "cannot reach the Kaggle API: check the network connection and proxy settings, "
+            "or set data_source in params.yaml to a local copy"
+        ) from None
+    if not bundle.is_file():
+        raise StageError(f"Kaggle served no {bundle.name} for {competition}")
+    return bundle
+
+
+def main() -> None:
+    params = load_params()
+    competition: str = params["competition"]
+    source: str = params["data_source"]
+    # Outputs of an earlier run would otherwise be cached by DVC as this run's.
+    for path in OUTPUTS:
+        remove(path)
+    try:
+        if source:
+            copy_local(Path(source).expanduser())
+            return
+        bundle = download(competition)
+        try:
+            extract_bundle(bundle)
+        except StageError as error:
+            remove(bundle)  # corrupt or incomplete: the next run must download it afresh
+            raise StageError(f"{error} (deleted it: run the stage again)") from None
+        remove(bundle)  # extracted: a second copy of the data is of no use
+    except BaseException:
+        for path in OUTPUTS:  # all three outputs, or none
+            remove(path)
+        raise
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,256 @@
+"""The Keras side of the pipeline: backbone, image datasets and the model.
+
+The model is built from named parts so that the data flow can change without a
+rewrite (for instance, running `frozen_base` once per image and caching its
+output):
+
+    image (raw 0-255 pixels)
+      -> augmentation  (random flip/rotation/zoom, training only; absent when off)
+      -> preprocessing (the backbone's own preprocess_input, or x / 255)
+      -> frozen_base   (backbone input .. unfreeze_after; never trained)
+      -> trainable_base (unfreeze_after .. cut_layer; fine-tuned; absent when empty)
+      -> head          (flatten or global average pooling, Dense, Dropout, sigmoid)
+
+Both backbone parts always run with `training=False`, so BatchNormalization keeps
+its ImageNet statistics while the layers around it are fine-tuned (the Keras
+transfer-learning guide's rule).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter short
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stages.common import CLASS_NAMES, StageError
+
+# keras.applications names by their normalised form: "inception_v3" -> "InceptionV3".
+BACKBONES = {
+    name.lower(): name for name in dir(keras.applications) if name[:1].isupper()
+}
+Sample = tuple[str, int]  # (image path, label: index in CLASS_NAMES)
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _closest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    return ", ".join(close) if close else ", ".join(candidates[:5]) + ", ..."
+
+
+# --- backbone ---------------------------------------------------------------
+
+def backbone_class(name: str) -> Any:
+    """The keras.applications constructor called `name` (case and '_' ignored)."""
+    key = _normalise(name)
+    if key not in BACKBONES:
+        close = difflib.get_close_matches(key, list(BACKBONES), n=5, cutoff=0.5)
+        hint = ", ".join(BACKBONES[c] for c in close) or ", ".join(sorted(BACKBONES.values()))
+        raise StageError(f"backbone: unknown keras.applications model '{name}'; closest: {hint}")
+    return getattr(keras.applications, BACKBONES[key])
+
+
+def build_backbone(params: dict[str, Any]) -> keras.Model:
+    """The backbone without its classifier and without weights, at the configured size."""
+    constructor = backbone_class(params["backbone"])
+    options = {}
+    if "alpha" in inspect.signature(constructor).parameters:
+        options["alpha"] = params["alpha"]
+    elif params["alpha"] != 1.0:
+        raise StageError(f"alpha: {constructor.__name__} has no width multiplier; set alpha: 1.0")
+    size = params["image_size"]
+    try:
+        return constructor(input_shape=(size, size, 3), include_top=False, weights=None, **options)
+    except ValueError as error:
+        raise StageError(f"image_size/alpha: {constructor.__name__} rejects {size} px, "
+                         f"alpha {params['alpha']}: {str(error).splitlines()[0]}") from None
+
+
+def check_layers(backbone: keras.Model, params: dict[str, Any]) -> None:
+    """Fail at once, with the closest names, if a layer param names no layer of the backbone."""
+    names = [layer.name for layer in backbone.layers]
+    for key in ("unfreeze_after", "cut_layer"):
+        if params[key] not in names:
+            raise StageError(f"{key}: {backbone.name} has no layer '{params[key]}'; "
+                             f"closest: {_closest(params[key], names)}")
+    if names.index(params["unfreeze_after"]) > names.index(params["cut_layer"]):
+        raise StageError(f"unfreeze_after: '{params['unfreeze_after']}' comes after cut_layer "
+                         f"'{params['cut_layer']}'; it must be at or below it")
+
+
+def load_backbone_weights(backbone: keras.Model, weights_file: Path) -> None:
+    """Load pretrained weights, failing on any mismatch rather than loading part of them."""
+    try:
+        backbone.load_weights(weights_file)
+    except (ValueError, OSError, KeyError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StageError(f"{weights_file} does not fit {backbone.name} as configured "
+                         f"(check backbone, alpha and weights_urls): {reason}") from None
+
+
+# --- model ------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="dogs_vs_cats")
+class BackbonePreprocess(keras.layers.Layer):
+    """The backbone's own `preprocess_input` as a layer, so the saved model takes raw pixels."""
+
+    def __init__(self, backbone: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        module = importlib.import_module(backbone_class(backbone).__module__)
+        self.preprocess_input = module.preprocess_input
+
+    def call(self, images: Any) -> Any:
+        return self.preprocess_input(images)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def augmentation(params: dict[str, Any]) -> keras.Sequential | None:
+    """Random flips, rotations and zooms; Keras applies them only while training."""
+    seed = params["seed"]
+    layers = []
+    if params["augment_flip"]:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if params["augment_rotation"]:
+        layers.append(keras.layers.RandomRotation(params["augment_rotation"], seed=seed))
+    if params["augment_zoom"]:
+        layers.append(keras.layers.RandomZoom(params["augment_zoom"], seed=seed))
+    return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+def build_head(params: dict[str, Any]) -> keras.Sequential:
+    pooling = keras.layers.Flatten() if params["head"] == "flatten" else (
+        keras.layers.GlobalAveragePooling2D())
+    layers = [pooling]
+    if params["dense_units"]:
+        layers.append(keras.layers.Dense(params["dense_units"], activation="relu"))
+    layers += [keras.layers.Dropout(params["dropout"], seed=params["seed"]),
+               keras.layers.Dense(1, activation="sigmoid")]
+    return keras.Sequential(layers, name="head")
+
+
+def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> keras.Model:
+    """Build and compile the model; call it inside a tf.distribute strategy's scope to scale."""
+    backbone = build_backbone(params)
+    check_layers(backbone, params)
+    load_backbone_weights(backbone, weights_file)
+
+    split = backbone.get_layer(params["unfreeze_after"]).output
+    frozen_base = keras.Model(backbone.input, split, name="frozen_base")
+    frozen_base.trainable = False
+
+    size = params["image_size"]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    augment = augmentation(params)
+    if augment is not None:
+        x = augment(x)
+    if params["preprocessing"] == "backbone":
+        x = BackbonePreprocess(params["backbone"], name="preprocessing")(x)
+    else:  # the reference recipe's scaling to [0, 1]
+        x = keras.layers.Rescaling(1 / 255, name="preprocessing")(x)
+    x = frozen_base(x, training=False)
+    if params["unfreeze_after"] != params["cut_layer"]:
+        cut = backbone.get_layer(params["cut_layer"]).output
+        trainable_base = keras.Model(split, cut, name="trainable_base")
+        x = trainable_base(x, training=False)
+    outputs = build_head(params)(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone.name}_cats_vs_dogs")
+    set_phase(model, params, fine_tune)
+    return model
+
+
+def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> None:
+    """Freeze or unfreeze `trainable_base` and (re)compile: Keras needs a compile after either."""
+    if "trainable_base" in [layer.name for layer in model.layers]:
+        model.get_layer("trainable_base").trainable = fine_tune
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params["lr" if fine_tune else "head_lr"]),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def load_model(model_file: Path) -> keras.Model:
+    try:
+        return keras.models.load_model(model_file)
+    except (OSError, ValueError) as error:
+        raise StageError(f"cannot load {model_file} ({str(error).splitlines()[0]}): "
+                         "run `dvc repro train`") from None
+
+
+# --- data -------------------------------------------------------------------
+
+def split_files(train_dir: Path, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split each class folder into train and validation files, the same way every time.
+
+    The split is stratified (each class loses the same fraction to validation) and
+    depends only on the file names, `val_split` and `seed`, so train and evaluate
+    see the same validation images.
+    """
+    rng = random.Random(seed)
+    train: list[Sample] = []
+    validation: list[Sample] = []
+    for label, name in enumerate(CLASS_NAMES):
+        folder = train_dir / name
+        if not folder.is_dir():
+            raise StageError(f"{folder} not found: run `dvc repro split_classes` first")
+        files = sorted(str(path) for path in folder.iterdir() if path.is_file())
+        rng.shuffle(files)
+        held_out = round(len(files) * val_split)
+        if held_out == 0 or held_out == len(files):
+            empty = "validation" if held_out == 0 else "training"
+            raise StageError(f"val_split: {val_split} leaves no {empty} images "
+                             f"of the {len(files)} in {folder}")
+        validation += [(path, label) for path in files[:held_out]]
+        train += [(path, label) for path in files[held_out:]]
+    rng.shuffle(train)
+    return train, validation
+
+
+def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decode JPEG/PNG/GIF/BMP bytes as RGB and resize them (bilinear, as
+    image_dataset_from_directory does) to uint8 pixels, 4x smaller to cache than float32.
+    The model takes these pixels as they are: its first layers do the preprocessing."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.saturate_cast(tf.round(tf.image.resize(image, (image_size, image_size))), tf.uint8)
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    return decode_image(tf.io.read_file(path), image_size)
+
+
+def image_dataset(samples: list[Sample], image_size: int, batch_size: int,
+                  shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (image, label); each JPEG is decoded and resized once, then cached."""
+    paths = [path for path, _ in samples]
+    labels = np.array([[label] for _, label in samples], dtype=np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = dataset.map(
+        lambda path, label: (load_image(path, image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).cache()
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(min(len(samples), 4096), seed=shuffle_seed)
+    dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and ask TensorFlow for deterministic ops."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,375 @@
+"""Tests of stages/fetch_data.py: the real kaggle client against a loopback Kaggle API.
+
+Each test runs the stage the way DVC does (`python -m stages.fetch_data` in a
+project folder) in a subprocess, since the kaggle client reads its environment
+when it is imported. HOME and KAGGLE_CONFIG_DIR point at empty folders, so a
+developer's own Kaggle credentials never take part.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.kaggle_server import (
+    COMPETITION,
+    FAKE_KEY,
+    KaggleServer,
+    build_competition_bundle,
+    proxy_env,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "dogs-vs-cats-sample"
+OUTPUTS = ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv")
+DOWNLOAD_DIR = "data/.kaggle-download"
+PER_CLASS, TEST_IMAGES = 20, 10
+CLIENT_CHUNK = 1 << 20  # the kaggle client writes the download in 1 MiB chunks
+# Used only where the repository has no params.yaml yet: fetch_data reads two keys,
+# but load_params validates them all.
+FALLBACK_PARAMS = {
+    "competition": COMPETITION,
+    "data_source": "",
+    "max_unreadable_fraction": 0.01,
+    "weights_urls": ["weights.h5"],
+    "weights_hash": "",
+    "backbone": "InceptionV3",
+    "alpha": 1.0,
+    "cut_layer": "mixed7",
+    "unfreeze_after": "mixed6",
+    "preprocessing": "backbone",
+    "head": "flatten",
+    "dense_units": 1024,
+    "dropout": 0.2,
+    "augment_flip": False,
+    "augment_rotation": 0.0,
+    "augment_zoom": 0.0,
+    "image_size": 150,
+    "batch_size": 64,
+    "val_split": 0.2,
+    "seed": 1234,
+    "head_epochs": 0,
+    "head_lr": 1e-3,
+    "epochs": 2,
+    "lr": 1e-5,
+    "keep": "best",
+}
+
+pytestmark = pytest.mark.skipif(
+    not SAMPLE.is_dir(), reason=f"shared sample photos not found at {SAMPLE}"
+)
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kaggle")
+    return build_competition_bundle(SAMPLE, folder, per_class=PER_CLASS, test_images=TEST_IMAGES)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project)
+    return project
+
+
+def write_params(project: Path, data_source: str = "", competition: str = COMPETITION) -> None:
+    source = REPO / "params.yaml"
+    params = yaml.safe_load(source.read_text()) if source.exists() else dict(FALLBACK_PARAMS)
+    params.update(competition=competition, data_source=data_source)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def stage_env(project: Path, extra: dict[str, str]) -> dict[str, str]:
+    """os.environ without Kaggle settings and proxies, plus `extra`."""
+    home, config = project.parent / "home", project.parent / "kaggle-config"
+    home.mkdir(exist_ok=True)
+    config.mkdir(exist_ok=True)
+    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KAGGLE_") and key.lower() not in proxies
+    }
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        KAGGLE_CONFIG_DIR=str(config),
+        PYTHONPATH=str(REPO),
+    )
+    return {**env, **extra}
+
+
+STAGE = [sys.executable, "-m", "stages.fetch_data"]
+
+
+def run_stage(project: Path, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        STAGE,
+        cwd=project,
+        env=stage_env(project, extra or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def member(archive: Path, name: str) -> bytes:
+    with zipfile.ZipFile(archive) as opened:
+        return opened.read(name)
+
+
+def names(archive: Path) -> list[str]:
+    with zipfile.ZipFile(archive) as opened:
+        return opened.namelist()
+
+
+def plant_stale_outputs(project: Path) -> None:
+    """Outputs of an earlier run, which the stage must not leave for DVC to cache."""
+    for output in OUTPUTS:
+        (project / output).parent.mkdir(parents=True, exist_ok=True)
+        (project / output).write_text("stale")
+
+
+def assert_outputs_match(project: Path, bundle: Path) -> None:
+    for output in OUTPUTS:
+        assert (project / output).read_bytes() == member(bundle, Path(output).name), output
+    train = names(project / OUTPUTS[0])
+    assert len(train) == 2 * PER_CLASS
+    assert all(re.fullmatch(r"train/(cat|dog)\.\d+\.jpg", name) for name in train), train
+    assert sum(name.startswith("train/cat.") for name in train) == PER_CLASS
+
+
+def assert_downloaded(result: subprocess.CompletedProcess, project: Path, bundle: Path) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_outputs_match(project, bundle)
+    leftovers = list((project / DOWNLOAD_DIR).iterdir())
+    assert leftovers == [], "the bundle (and any .kaggle-partial marker) must be removed"
+
+
+def assert_fails(
+    result: subprocess.CompletedProcess, project: Path, *hints: str, secret: str = FAKE_KEY
+) -> str:
+    """One line on stderr, "error: ..." with every hint, no traceback, no key, no outputs."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert secret not in output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for hint in hints:
+        assert hint in lines[0], lines[0]
+    for output_path in OUTPUTS:
+        assert not (project / output_path).exists(), output_path
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- download from Kaggle ----------------------------------------------------------
+
+
+def test_download(project: Path, bundle: Path) -> None:
+    plant_stale_outputs(project)
+    with KaggleServer(bundle) as server:
+        result = run_stage(project, server.env())
+    assert_downloaded(result, project, bundle)
+    assert [(method, status) for method, _, status in server.requests] == [
+        ("POST", 302),
+        ("GET", 200),
+    ]
+    assert f"wrote data/raw/train.zip ({2 * PER_CLASS} entries)" in result.stdout
+    assert FAKE_KEY not in result.stdout + result.stderr
+
+
+def test_broken_transfer_is_resumed(project: Path, bundle: Path) -> None:
+    broken_at = bundle.stat().st_size // 3
+    with KaggleServer(bundle, break_after_bytes=broken_at) as server:
+        result = run_stage(project, server.env())
+    assert_downloaded(result, project, bundle)
+    statuses = [status for method, _, status in server.requests if method == "GET"]
+    assert statuses == [200, 206], "the client retries with a Range request"
+
+
+def test_interrupted_download_resumes_on_next_run(project: Path, bundle: Path) -> None:
+    # The client writes 1 MiB at a time: stall past the first chunk, so one is on disk.
+    assert bundle.stat().st_size > 2 * CLIENT_CHUNK
+    partial = project / DOWNLOAD_DIR / f"{COMPETITION}.zip"
+    with KaggleServer(bundle, hang_after_bytes=CLIENT_CHUNK + 1000) as server:
+        process = subprocess.Popen(
+            STAGE,
+            cwd=project,
+            env=stage_env(project, server.env()),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (partial.is_file() and partial.stat().st_size >= CLIENT_CHUNK):
+                assert process.poll() is None, "the stage ended instead of stalling"
+                assert time.monotonic() < deadline, "no partial download appeared"
+                time.sleep(0.05)
+        finally:
+            process.kill()  # like a lost connection or a killed job: no cleanup runs
+            process.wait()
+    assert 0 < partial.stat().st_size < bundle.stat().st_size
+    assert not any((project / output).exists() for output in OUTPUTS)
+
+    with KaggleServer(bundle) as server:
+        result = run_stage(project, server.env())
+    assert_downloaded(result, project, bundle)
+    # The client opens the download (200), sees its verified partial, asks for the rest.
+    assert [status for method, _, status in server.requests if method == "GET"] == [200, 206]
+
+
+def test_corrupt_download_is_deleted(project: Path, tmp_path: Path) -> None:
+    not_a_zip = tmp_path / "served" / f"{COMPETITION}.zip"
+    not_a_zip.parent.mkdir()
+    not_a_zip.write_bytes(b"<html>an error page, not a zip</html>")
+    with KaggleServer(not_a_zip) as server:
+        result = run_stage(project, server.env())
+    assert_fails(result, project, "not a valid zip file", "run the stage again")
+    assert list((project / DOWNLOAD_DIR).iterdir()) == [], "the next run must download afresh"
+
+
+def test_missing_credentials(project: Path, bundle: Path) -> None:
+    plant_stale_outputs(project)
+    with KaggleServer(bundle) as server:
+        env = server.env()
+        del env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
+        result = run_stage(project, env)
+    assert_fails(
+        result,
+        project,
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "kaggle.json",
+        f"https://www.kaggle.com/competitions/{COMPETITION}/rules",
+    )
+    assert server.requests == []
+    assert "Authentication required" not in result.stdout  # the client's help page
+
+
+def test_wrong_credentials(project: Path, bundle: Path) -> None:
+    plant_stale_outputs(project)
+    wrong = "wr0ng-k3y-that-must-not-leak"
+    with KaggleServer(bundle) as server:
+        result = run_stage(project, server.env(key=wrong))
+    assert_fails(result, project, "401", "KAGGLE_KEY", secret=wrong)
+
+
+def test_rules_not_accepted(project: Path, bundle: Path) -> None:
+    plant_stale_outputs(project)
+    with KaggleServer(bundle, rules_accepted=False) as server:
+        result = run_stage(project, server.env())
+    assert_fails(
+        result, project, "403", "rules", f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
+    )
+
+
+def test_unknown_competition(project: Path, bundle: Path) -> None:
+    write_params(project, competition="no-such-competition")
+    plant_stale_outputs(project)
+    with KaggleServer(bundle) as server:
+        result = run_stage(project, server.env())
+    assert_fails(result, project, "404", "no-such-competition")
+
+
+def test_unreachable_server(project: Path) -> None:
+    plant_stale_outputs(project)
+    env = {**proxy_env(closed_port()), "KAGGLE_USERNAME": "tester", "KAGGLE_KEY": FAKE_KEY}
+    result = run_stage(project, env)
+    assert_fails(result, project, "reach")
+
+
+# --- local data_source -------------------------------------------------------------
+
+
+def test_local_unpacked_folder(project: Path) -> None:
+    source = project.parent / "unpacked"
+    photos = [f"train/{label}.{n}.jpg" for label in ("cat", "dog") for n in range(5)]
+    photos += [f"test/{n}.jpg" for n in range(1, 6)]
+    for photo in photos:
+        (source / photo).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SAMPLE / photo, source / photo)
+    shutil.copyfile(SAMPLE / "sample_submission.csv", source / "sample_submission.csv")
+    write_params(project, data_source=str(source))
+
+    result = run_stage(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    train, test = project / OUTPUTS[0], project / OUTPUTS[1]
+    assert sorted(names(train)) == sorted(p for p in photos if p.startswith("train/"))
+    assert sorted(names(test)) == sorted(p for p in photos if p.startswith("test/"))
+    assert member(train, "train/dog.3.jpg") == (SAMPLE / "train/dog.3.jpg").read_bytes()
+    with zipfile.ZipFile(train) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+    assert (project / OUTPUTS[2]).read_bytes() == (SAMPLE / "sample_submission.csv").read_bytes()
+
+    # A rerun builds byte-identical archives, so DVC sees no change downstream.
+    first = train.read_bytes()
+    assert run_stage(project).returncode == 0
+    assert train.read_bytes() == first
+
+
+def test_local_bundle_zip(project: Path, bundle: Path) -> None:
+    write_params(project, data_source=str(bundle))
+    result = run_stage(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_outputs_match(project, bundle)
+    assert bundle.is_file(), "a local source is never deleted"
+
+
+def test_local_folder_of_zips(project: Path, bundle: Path) -> None:
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(project / "local")
+    write_params(project, data_source="local")  # relative to the project root
+    result = run_stage(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_outputs_match(project, bundle)
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (lambda folder: folder / "missing", "does not exist"),
+        (lambda folder: _write(folder / "notes.txt", b"not a zip"), "not a zip file"),
+        (lambda folder: _truncated_bundle(folder), "not a zip file"),
+        (lambda folder: _write(folder / "other" / "readme.txt", b"").parent, "no known layout"),
+    ],
+    ids=["nonexistent", "not-a-zip", "truncated-zip", "unknown-layout"],
+)
+def test_bad_local_source(project: Path, make, hint: str) -> None:
+    source = make(project.parent)
+    write_params(project, data_source=str(source))
+    plant_stale_outputs(project)
+    message = assert_fails(run_stage(project), project, hint)
+    assert str(source) in message
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _truncated_bundle(folder: Path) -> Path:
+    whole = build_competition_bundle(SAMPLE, folder / "whole", per_class=2, test_images=2)
+    return _write(folder / "truncated.zip", whole.read_bytes()[: whole.stat().st_size // 2])
