@@ -37,9 +37,9 @@ MOBILENET_PARAMS: dict[str, Any] = {
     "unfreeze_after": "conv_pw_13_relu",
     "head": "gap",
     "dense_units": 0,
-    "image_size": 160,
+    "image_size": 224,
     "batch_size": 32,
-    "epochs": 10,
+    "epochs": 20,
     "lr": 1.0e-3,
 }
 

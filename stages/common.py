@@ -9,6 +9,7 @@ whose one-line message `run` prints instead of a traceback.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -45,7 +46,8 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except StageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # One line, whatever the message holds: callers and CI read stderr's last line.
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -55,7 +57,7 @@ def run(main: Callable[[], None]) -> None:
 # --- params -----------------------------------------------------------------
 
 def _positive(value: float) -> bool:
-    return value > 0
+    return math.isfinite(value) and value > 0
 
 
 def _non_negative(value: float) -> bool:
@@ -74,6 +76,20 @@ def _unit_rate(value: float) -> bool:
     return 0 <= value < 1
 
 
+def _non_empty_strings(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(value, str) and value.strip() for value in values)
+
+
+def _hash_spec(value: str) -> bool:
+    if not value:
+        return True
+    try:
+        parse_hash(value)
+    except StageError:
+        return False
+    return True
+
+
 def _one_of(*choices: str) -> Callable[[str], bool]:
     def check(value: str) -> bool:
         return value in choices
@@ -83,12 +99,13 @@ def _one_of(*choices: str) -> Callable[[str], bool]:
 
 
 # key -> (accepted types, check or None, what the check requires).
-# bool is a subclass of int, so integer keys exclude it explicitly below.
+# bool is a subclass of int, so numeric keys exclude it explicitly below.
 PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] = {
     "competition": ((str,), bool, "a Kaggle competition name"),
     "data_source": ((str,), None, "a path, or \"\" to download"),
-    "weights_urls": ((list,), bool, "a non-empty list of URLs or paths"),
-    "weights_hash": ((str,), None, "\"algorithm:hexdigest\", or \"\" to skip"),
+    "weights_urls": ((list,), _non_empty_strings, "a non-empty list of URLs or paths"),
+    "weights_hash": ((str,), _hash_spec,
+                     "\"md5:<32 hex digits>\" or \"sha256:<64 hex digits>\", or \"\" to skip"),
     "max_unreadable_fraction": ((int, float), _unit_rate, "in [0, 1)"),
     "backbone": ((str,), bool, "a keras.applications model name"),
     "alpha": ((int, float), _positive, "> 0"),
@@ -118,7 +135,7 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
     """Check every key of params.yaml; raise a StageError naming the first bad one."""
     if not isinstance(params, dict):
         raise StageError(f"{source}: expected a mapping of keys to values")
-    unknown = sorted(set(params) - set(PARAM_SPEC))
+    unknown = sorted(set(params) - set(PARAM_SPEC), key=str)  # keys need not be strings
     if unknown:
         raise StageError(
             f"{source}: unknown key '{unknown[0]}' (known keys: {', '.join(PARAM_SPEC)})"
@@ -128,8 +145,8 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
         raise StageError(f"{source}: missing key '{missing[0]}'")
     for key, (types, check, requirement) in PARAM_SPEC.items():
         value = params[key]
-        integer_only = int in types and float not in types
-        if not isinstance(value, types) or (integer_only and isinstance(value, bool)):
+        # `lr: true` is no learning rate, though True == 1 to Python.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)
             raise StageError(
                 f"{source}: '{key}' must be {names}, got {type(value).__name__} {value!r}"
@@ -141,7 +158,22 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
 
 class _Yaml12Loader(yaml.SafeLoader):
     """PyYAML reads YAML 1.1, where `1e-4` is a string; DVC writes YAML 1.2, where it
-    is a float (`dvc exp run -S lr=1e-4` writes exactly that). Read floats as 1.2 does."""
+    is a float (`dvc exp run -S lr=1e-4` writes exactly that). Read floats as 1.2 does.
+
+    PyYAML also keeps the last of two equal keys, so an edit of the first `lr:` would
+    be silently ignored; DVC's own YAML reader refuses duplicates, and so does this one."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key_node.value}' appears twice", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -161,12 +193,22 @@ _Yaml12Loader.add_implicit_resolver(
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Read and validate params.yaml, so a typo fails before any download or training."""
     try:
-        params = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise StageError(f"{path} not found: run the stage from the project root") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StageError(f"cannot read {path}: {error}") from None
     except yaml.YAMLError as error:
-        raise StageError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise StageError(f"{path} is not valid YAML: {_describe_yaml_error(error)}") from None
     return validate_params(params, path)
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    """"what (line N)": PyYAML's own text spreads over several lines."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark or error.context_mark
+        return error.problem + (f" (line {mark.line + 1})" if mark else "")
+    return str(error).splitlines()[0] if str(error) else error.__class__.__name__
 
 
 # --- files ------------------------------------------------------------------
@@ -202,16 +244,27 @@ def remove(path: Path) -> None:
 
 
 def parse_hash(spec: str) -> tuple[str, str]:
-    """Split "md5:abc..." into ("md5", "abc..."), checking the algorithm exists."""
-    algorithm, separator, expected = spec.partition(":")
+    """Split "md5:abc..." into ("md5", "abc..."), checking the algorithm exists and the
+    digest has its length, so a typo fails now and not as a mismatch after a download."""
+    algorithm, separator, expected = (part.strip().lower() for part in spec.partition(":"))
     if not separator or not expected:
         raise StageError(f"weights_hash must look like 'md5:<hex>' or 'sha256:<hex>', got {spec!r}")
-    if algorithm not in hashlib.algorithms_available:
+    try:
+        digest_size = hashlib.new(algorithm).digest_size
+    except (ValueError, TypeError):
+        digest_size = 0
+    if algorithm not in hashlib.algorithms_available or not digest_size:  # shake_*: no size
         raise StageError(f"weights_hash: unknown hash algorithm '{algorithm}' (use md5 or sha256)")
-    return algorithm, expected.lower()
+    if not re.fullmatch(f"[0-9a-f]{{{2 * digest_size}}}", expected):
+        raise StageError(f"weights_hash: a {algorithm} digest is {2 * digest_size} hex digits, "
+                         f"got {expected!r}")
+    return algorithm, expected
 
 
 def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
+    """Hex digest of a file, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
     with path.open("rb") as stream:
-        return hashlib.file_digest(stream, algorithm).hexdigest()
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

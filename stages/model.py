@@ -11,9 +11,12 @@ output):
       -> trainable_base (unfreeze_after .. cut_layer; fine-tuned; absent when empty)
       -> head          (flatten or global average pooling, Dense, Dropout, sigmoid)
 
-Both backbone parts always run with `training=False`, so BatchNormalization keeps
-its ImageNet statistics while the layers around it are fine-tuned (the Keras
-transfer-learning guide's rule).
+BatchNormalization layers of the backbone always run in inference mode, keeping
+their ImageNet statistics while the layers around them are fine-tuned (the Keras
+transfer-learning guide's rule). The guide's `base(x, training=False)` is not
+enough in Keras 3: `fit` calls the model with `training=True`, which overrides it
+(keras-team/keras#20285). A BatchNormalization layer with `trainable = False` runs
+in inference mode whatever `training` says, so `set_phase` freezes them all.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib
 import inspect
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +167,11 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> 
         x = BackbonePreprocess(params["backbone"], name="preprocessing")(x)
     else:  # the reference recipe's scaling to [0, 1]
         x = keras.layers.Rescaling(1 / 255, name="preprocessing")(x)
-    x = frozen_base(x, training=False)
+    x = frozen_base(x)
     if params["unfreeze_after"] != params["cut_layer"]:
         cut = backbone.get_layer(params["cut_layer"]).output
         trainable_base = keras.Model(split, cut, name="trainable_base")
-        x = trainable_base(x, training=False)
+        x = trainable_base(x)
     outputs = build_head(params)(x)
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_cats_vs_dogs")
     set_phase(model, params, fine_tune)
@@ -177,7 +181,11 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> 
 def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> None:
     """Freeze or unfreeze `trainable_base` and (re)compile: Keras needs a compile after either."""
     if "trainable_base" in [layer.name for layer in model.layers]:
-        model.get_layer("trainable_base").trainable = fine_tune
+        trainable_base = model.get_layer("trainable_base")
+        trainable_base.trainable = fine_tune  # sets every layer inside, BatchNorm included
+        for layer in trainable_base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False  # inference mode: see the module docstring
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params["lr" if fine_tune else "head_lr"]),
         loss="binary_crossentropy",
@@ -186,11 +194,17 @@ def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> No
 
 
 def load_model(model_file: Path) -> keras.Model:
+    """The trained model, for prediction (no optimizer: compile=False)."""
+    if not model_file.is_file():
+        raise StageError(f"{model_file} not found: run `dvc repro train`")
+    if not zipfile.is_zipfile(model_file):
+        raise StageError(f"{model_file} is not a .keras archive (truncated?): "
+                         "run `dvc repro -f train`")
     try:
-        return keras.models.load_model(model_file)
-    except (OSError, ValueError) as error:
+        return keras.models.load_model(model_file, compile=False)
+    except (OSError, ValueError, KeyError) as error:
         raise StageError(f"cannot load {model_file} ({str(error).splitlines()[0]}): "
-                         "run `dvc repro train`") from None
+                         "run `dvc repro -f train`") from None
 
 
 # --- data -------------------------------------------------------------------

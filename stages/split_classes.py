@@ -3,8 +3,10 @@
 Kaggle's train.zip is flat (train/cat.0.jpg, train/dog.0.jpg, ...); the data
 loader wants data/train/cat/ and data/train/dog/. Entries are extracted straight
 into place (no second copy of the images), each one decoded once with
-TensorFlow's own decoder so that an unreadable image is skipped here, and
-listed in metrics/data.json, instead of crashing training later.
+TensorFlow's own decoder (the one training uses) so that an unreadable image is
+skipped here, and listed in metrics/data.json, instead of crashing training later.
+TensorFlow's JPEG decoder refuses a truncated file ("Premature end of JPEG data"),
+so a cut-off download is caught by the decode alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import stat
 import sys
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
@@ -25,21 +28,35 @@ from stages.common import (
     StageError,
     atomic_output,
     load_params,
+    remove,
     run,
 )
 
 # The class is the file name's prefix: cat.123.jpg -> cat.
 IMAGE_NAME = re.compile(rf"^({'|'.join(CLASS_NAMES)})\.[^/]*\.(jpe?g|png)$", re.IGNORECASE)
-# JPEGs barely compress: an archive that claims to expand more than this is not photos.
+# JPEGs barely compress: an archive, or an entry, that claims to expand more than this
+# is not photos. Entries under SMALL_ENTRY may compress better (a tiny flat image) and
+# cannot hurt.
 MAX_EXPANSION = 50
+SMALL_ENTRY = 1 << 20
 BATCH = 256  # entries in flight at once, to bound memory
+REFETCH = "run `dvc repro -f fetch_data`"
+# What reading a damaged or unsupported entry raises (bad CRC, broken deflate stream,
+# cut-off data, encryption, a compression method zipfile lacks).
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+               NotImplementedError)
+
+
+def entry_name(info: zipfile.ZipInfo) -> PurePosixPath:
+    """The entry's path, with Windows separators read as separators."""
+    return PurePosixPath(info.filename.replace("\\", "/"))
 
 
 def safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     """The archive's files, refusing any entry that could land outside the target folder."""
     members = []
     for info in archive.infolist():
-        path = PurePosixPath(info.filename.replace("\\", "/"))
+        path = entry_name(info)
         is_link = stat.S_ISLNK(info.external_attr >> 16)
         if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", info.filename):
             raise StageError(f"{TRAIN_ZIP}: entry '{info.filename}' would be written outside "
@@ -52,42 +69,88 @@ def safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return members
 
 
-def is_readable_image(data: bytes) -> str:
+def check_expansion(members: list[zipfile.ZipInfo], archive_size: int) -> None:
+    """Refuse a zip bomb before reading it: entries are read whole into memory."""
+    for info in members:
+        if info.file_size > max(MAX_EXPANSION * info.compress_size, SMALL_ENTRY):
+            raise StageError(f"{TRAIN_ZIP}: entry '{info.filename}' claims to expand from "
+                             f"{info.compress_size:,} to {info.file_size:,} bytes, over "
+                             f"{MAX_EXPANSION}x: not a photo; {REFETCH}")
+    expanded = sum(info.file_size for info in members)
+    if expanded > MAX_EXPANSION * max(archive_size, SMALL_ENTRY):
+        raise StageError(f"{TRAIN_ZIP} claims to expand to {expanded:,} bytes, over "
+                         f"{MAX_EXPANSION}x its size: not an archive of photos; {REFETCH}")
+
+
+def unreadable_reason(data: bytes) -> str:
     """"" if TensorFlow decodes `data` as an image, else the reason it cannot."""
-    import tensorflow as tf  # imported here: the archive checks above need none of it
+    import tensorflow as tf
 
     if not data:
         return "empty file"
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        return error.message.splitlines()[0] if error.message else "cannot be decoded"
+    except tf.errors.OpError as error:
+        # Drop TensorFlow's "{{function_node ...}}" prefix and " [Op:DecodeImage]" suffix.
+        message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\].*$", "", error.message or "").strip()
+        return " ".join(message.split()) or "cannot be decoded"
     return ""
+
+
+def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """An entry's bytes; a damaged entry means a damaged archive, refused as a whole."""
+    try:
+        return archive.read(info)
+    except READ_ERRORS as error:
+        raise StageError(f"{TRAIN_ZIP}: cannot read entry '{info.filename}' ({error}); "
+                         f"{REFETCH}") from None
 
 
 def main() -> None:
     params = load_params()
     max_unreadable: float = params["max_unreadable_fraction"]
+    # Outputs describe this run's archive or nothing: a failed run must not leave the
+    # previous archive's images for a later train to pick up. (DVC removes them too.)
+    remove(TRAIN_DIR)
+    remove(DATA_REPORT)
 
     try:
         archive = zipfile.ZipFile(TRAIN_ZIP)
     except FileNotFoundError:
         raise StageError(f"{TRAIN_ZIP} not found: run `dvc repro fetch_data` first") from None
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, ValueError):
         raise StageError(f"{TRAIN_ZIP} is not a zip archive (truncated download?): "
-                         "run `dvc repro -f fetch_data`") from None
+                         f"{REFETCH}") from None
+    except OSError as error:
+        raise StageError(f"cannot read {TRAIN_ZIP}: {error}") from None
 
     with archive:
         members = safe_members(archive)
-        expanded = sum(info.file_size for info in members)
-        if expanded > MAX_EXPANSION * max(TRAIN_ZIP.stat().st_size, 1 << 20):
-            raise StageError(f"{TRAIN_ZIP} claims to expand to {expanded:,} bytes, over "
-                             f"{MAX_EXPANSION}x its size: not an archive of photos")
-        images = [(info, IMAGE_NAME.match(PurePosixPath(info.filename).name)) for info in members]
-        images = [(info, match.group(1).lower()) for info, match in images if match]
+        check_expansion(members, TRAIN_ZIP.stat().st_size)
+        images: list[tuple[zipfile.ZipInfo, str, str]] = []  # (entry, file name, class)
+        for info in members:
+            name = entry_name(info).name
+            match = IMAGE_NAME.match(name)
+            if match:
+                images.append((info, name, match.group(1).lower()))
         if not images:
             raise StageError(f"{TRAIN_ZIP} holds no cat.*.jpg or dog.*.jpg files: "
                              "is it Kaggle's train.zip?")
+        # Entries are flattened into one folder per class: two with one name would
+        # overwrite each other.
+        seen: dict[str, str] = {}
+        for info, name, _ in images:
+            if name.lower() in seen:
+                raise StageError(f"{TRAIN_ZIP}: entries '{seen[name.lower()]}' and "
+                                 f"'{info.filename}' have the same file name; {REFETCH}")
+            seen[name.lower()] = info.filename
+        # Checked before decoding too, so that a wrong archive fails in a second.
+        for label in CLASS_NAMES:
+            if not any(image_label == label for _, _, image_label in images):
+                raise StageError(f"{TRAIN_ZIP} holds no {label}.* images; "
+                                 "a class with no images cannot be learned")
+
+        import tensorflow as tf  # noqa: F401  (once, here: not from several threads at once)
 
         counts = dict.fromkeys(CLASS_NAMES, 0)
         unreadable: dict[str, str] = {}
@@ -95,17 +158,16 @@ def main() -> None:
             for label in CLASS_NAMES:
                 (staging / label).mkdir(parents=True)
 
-            def extract(info: zipfile.ZipInfo, label: str, data: bytes) -> tuple[str, str, str]:
-                name = PurePosixPath(info.filename).name
-                reason = is_readable_image(data)
+            def extract(name: str, label: str, data: bytes) -> tuple[str, str, str]:
+                reason = unreadable_reason(data)
                 if not reason:
                     (staging / label / name).write_bytes(data)
                 return name, label, reason
 
             # Decoding releases the GIL, so threads check several images at once.
             for start in range(0, len(images), BATCH):
-                batch = [(info, label, archive.read(info))
-                         for info, label in images[start:start + BATCH]]
+                batch = [(name, label, read(archive, info))
+                         for info, name, label in images[start:start + BATCH]]
                 for name, label, reason in pool.map(lambda item: extract(*item), batch):
                     if reason:
                         unreadable[name] = reason
@@ -124,8 +186,8 @@ def main() -> None:
 
     report = {"images": counts, "unreadable": len(unreadable),
               "unreadable_files": dict(sorted(unreadable.items()))}
-    DATA_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    DATA_REPORT.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_output(DATA_REPORT) as partial:
+        partial.write_text(json.dumps(report, indent=2) + "\n")
     print(f"split_classes: {counts} images in {TRAIN_DIR}, "
           f"{len(unreadable)} unreadable skipped (listed in {DATA_REPORT})", file=sys.stderr)
 

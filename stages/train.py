@@ -79,11 +79,11 @@ def main() -> None:
         live.summary["kept_epoch"] = kept_epoch
         live.summary["best_epoch"] = best_epoch
 
-    # Recompiling drops Adam's moment estimates (twice the trainable weights): they
-    # only matter to resume training, and evaluation and prediction need none.
-    model.compile(loss="binary_crossentropy", metrics=["accuracy"])
+    # Saved without the optimizer: Adam's moment estimates (twice the trainable
+    # weights) only matter to resume training; evaluation and prediction need none.
+    inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_output(MODEL_FILE) as partial:
-        model.save(partial)
+        inference_model.save(partial)
     BEST_WEIGHTS.unlink(missing_ok=True)
     print(f"train: saved {MODEL_FILE} from epoch {kept_epoch} of {len(history)} "
           f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,15 @@ import yaml
 
 from scripts.demo import copy_project
 from tests.conftest import md5, stage_env
-from tests.kaggle_server import FAKE_KEY, KaggleServer, build_competition_bundle
+from tests.kaggle_server import KaggleServer, build_competition_bundle
 
+# Made at run time, so no file of the project holds it unless the pipeline wrote it there.
+PLANTED_KEY = f"planted-{uuid.uuid4().hex}"
 OUTS = [
     "data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv",
     "data/train/cat", "data/train/dog", "metrics/data.json",
     "models/backbone_notop.h5", "models/model.keras",
-    "metrics/train/metrics.json", "metrics/evaluate/metrics.json",
+    "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission.csv",
 ]
 
 
@@ -71,7 +74,7 @@ def pipeline(sample_dir, inception_weights, tmp_path_factory):
     })
     kaggle_config = root / "kaggle-config"
     kaggle_config.mkdir()
-    with KaggleServer(bundle) as kaggle:
+    with KaggleServer(bundle, key=PLANTED_KEY) as kaggle:
         env = stage_env(**kaggle.env(), KAGGLE_CONFIG_DIR=str(kaggle_config))
         first = dvc(project, env, "repro")
         yield project, env, kaggle, first
@@ -81,7 +84,7 @@ def pipeline(sample_dir, inception_weights, tmp_path_factory):
 def test_repro_builds_every_declared_output(pipeline):
     project, _, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "train", "evaluate"]
+        "fetch_data", "split_classes", "fetch_weights", "train", "evaluate", "submit"]
     for out in OUTS:
         assert (project / out).exists(), f"{out} missing after dvc repro"
     assert len(list((project / "data/train/cat").iterdir())) == 60
@@ -103,7 +106,9 @@ def test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff(pipeline):
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, env=env, check=True)
 
     result = dvc(project, env, "exp", "run", "-S", "lr=1e-4")
-    assert ran_stages(result.stdout) == ["train", "evaluate"]
+    # Nothing upstream of train reruns: no download, no extraction. submit predicts
+    # with the new model, so it reruns with evaluate.
+    assert ran_stages(result.stdout) == ["train", "evaluate", "submit"]
     assert yaml.safe_load((project / "params.yaml").read_text())["lr"] in (1e-4, "1e-4")
 
     # --all: with random backbone weights the accuracy can stay at exactly 0.5, and
@@ -115,13 +120,47 @@ def test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff(pipeline):
     assert "lr" in shown.split(",") and "accuracy" in shown.split(","), shown
 
 
+def test_plots_show_renders_every_plot(pipeline):
+    project, env, _, _ = pipeline
+    dvc(project, env, "plots", "show", "-o", "plots_html")
+    html = (project / "plots_html" / "index.html").read_text()
+    for plot in ("metrics/train/plots/metrics/eval/loss.tsv",
+                 "metrics/train/plots/metrics/train/accuracy.tsv",
+                 "Confusion matrix (validation)", "ROC curve (validation)",
+                 "Precision-recall curve (validation)", "mistakes_png"):
+        assert plot in html, f"{plot} missing from dvc plots show"
+    assert list((project / "plots_html").rglob("*mistakes.png")), "mistakes grid not rendered"
+
+
+def test_submission_matches_the_sample(pipeline):
+    project, _, _, _ = pipeline
+    sample = (project / "data/raw/sample_submission.csv").read_text().splitlines()
+    rows = (project / "data/submission.csv").read_text().splitlines()
+    assert rows[0] == "id,label"
+    assert [row.split(",")[0] for row in rows[1:]] == [row.split(",")[0] for row in sample[1:]]
+    clip = yaml.safe_load((project / "params.yaml").read_text())["clip"]
+    assert all(clip <= float(row.split(",")[1]) <= 1 - clip for row in rows[1:])
+
+
+def test_kaggle_key_is_never_written_anywhere(pipeline):
+    # The key was in the environment of every run above: it must not reach a log, a
+    # param, dvc.lock, the metrics, the DVC cache or git.
+    project, _, kaggle, first = pipeline
+    assert kaggle.key == PLANTED_KEY
+    assert PLANTED_KEY not in first.stdout + first.stderr
+    for path in project.rglob("*"):
+        if path.is_file():
+            assert PLANTED_KEY.encode() not in path.read_bytes(), f"Kaggle key found in {path}"
+
+
 def test_wrong_credentials_fail_fetch_data_cleanly(pipeline):
     project, env, kaggle, _ = pipeline
     wrong = {**env, **kaggle.env(key="wrong-key-000")}
     result = dvc(project, wrong, "repro", "--force", "--single-item", "fetch_data", ok=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "Traceback" not in output and "wrong-key-000" not in output and FAKE_KEY not in output
+    assert "Traceback" not in output and "wrong-key-000" not in output
+    assert PLANTED_KEY not in output
     assert re.search(r"error: .*401", output), output
     for out in ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv"):
         assert not (project / out).exists(), f"{out} left behind by a failed fetch_data"

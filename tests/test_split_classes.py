@@ -1,0 +1,259 @@
+"""Tests of stages/split_classes.py: small train.zip archives built from real photos.
+
+Each test writes data/raw/train.zip in a project folder and runs the stage as DVC
+does (`python -m stages.split_classes`). Archives the stage must refuse are checked
+before TensorFlow is imported, so those runs take well under a second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_ZIP = "data/raw/train.zip"
+Entry = tuple[str | zipfile.ZipInfo, bytes]
+
+
+@pytest.fixture(scope="module")
+def photos(sample_dir: Path) -> dict[str, bytes]:
+    """A few real photos, by their Kaggle name."""
+    return {f"{label}.{n}.jpg": (sample_dir / "train" / f"{label}.{n}.jpg").read_bytes()
+            for label in ("cat", "dog") for n in range(3)}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    (project / "data" / "raw").mkdir(parents=True)
+    write_params(project, max_unreadable_fraction=0.01)
+    return project
+
+
+def write_params(project: Path, **changes: object) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(changes)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def write_zip(project: Path, entries: Iterable[Entry],
+              compression: int = zipfile.ZIP_STORED) -> Path:
+    path = project / TRAIN_ZIP
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return path
+
+
+def good_entries(photos: dict[str, bytes]) -> list[Entry]:
+    return [(f"train/{name}", data) for name, data in photos.items()]
+
+
+def run_stage(project: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "stages.split_classes"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def extracted(project: Path) -> dict[str, bytes]:
+    """"label/name" -> bytes of everything under data/train."""
+    root = project / "data" / "train"
+    return {path.relative_to(root).as_posix(): path.read_bytes()
+            for path in root.rglob("*") if path.is_file()}
+
+
+def report(project: Path) -> dict:
+    return json.loads((project / "metrics" / "data.json").read_text())
+
+
+def assert_refused(result: subprocess.CompletedProcess, project: Path, *hints: str) -> str:
+    """Exit 1, one `error:` line with every hint, no traceback, and no output at all."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    for hint in hints:
+        assert hint in last, last
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw"], \
+        "no data/train and no staging folder"
+    assert not (project / "metrics" / "data.json").exists()
+    return last
+
+
+# --- good archives --------------------------------------------------------------
+
+
+def test_good_archive(project: Path, photos: dict[str, bytes]) -> None:
+    write_zip(project, [
+        *good_entries(photos),
+        ("train/", b""),  # a folder entry
+        ("train/readme.txt", b"not an image"),
+        ("train/catalog.jpg", photos["cat.0.jpg"]),  # "cat" but not "cat.<id>."
+        ("__MACOSX/train/._cat.0.jpg", b"resource fork"),
+    ], zipfile.ZIP_DEFLATED)
+    result = run_stage(project)
+    assert result.returncode == 0, result.stderr
+    assert extracted(project) == {
+        f"{name.split('.')[0]}/{name}": data for name, data in photos.items()
+    }
+    assert report(project) == {"images": {"cat": 3, "dog": 3}, "unreadable": 0,
+                               "unreadable_files": {}}
+
+
+def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, bytes]) -> None:
+    stale = project / "data" / "train"
+    (stale / "cat").mkdir(parents=True)
+    (stale / "cat" / "cat.999.jpg").write_bytes(photos["cat.0.jpg"])
+    (stale / "bird").mkdir()
+    (stale / "bird" / "bird.1.jpg").write_bytes(photos["dog.0.jpg"])
+    kept = {name: data for name, data in photos.items() if name != "dog.2.jpg"}
+    write_zip(project, good_entries(kept))
+    assert run_stage(project).returncode == 0
+    assert sorted(extracted(project)) == sorted(
+        f"{name.split('.')[0]}/{name}" for name in kept)
+    assert report(project)["images"] == {"cat": 3, "dog": 2}
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+
+
+# --- refused archives -------------------------------------------------------------
+
+
+def symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def zip_bomb() -> list[Entry]:
+    # 50 MB of zeros deflate to ~50 KB: far beyond what any photo expands by.
+    return [("train/cat.100.jpg", bytes(50_000_000))]
+
+
+def with_photos(*bad: Entry) -> Callable[[dict[str, bytes]], list[Entry]]:
+    return lambda photos: [*good_entries(photos), *bad]
+
+
+# case -> (the archive's entries, given the photos; what the error must say)
+REFUSED: dict[str, tuple[Callable[[dict[str, bytes]], list[Entry]], str]] = {
+    "dotdot": (with_photos(("train/../../cat.9.jpg", b"x")), "would be written outside"),
+    "backslash-dotdot": (with_photos(("train\\..\\..\\cat.9.jpg", b"x")),
+                         "would be written outside"),
+    "absolute": (with_photos(("/etc/x.jpg", b"x")), "'/etc/x.jpg' would be written outside"),
+    "drive": (with_photos(("C:/cat.9.jpg", b"x")), "would be written outside"),
+    "symlink": (with_photos((symlink("train/cat.9.jpg"), b"/etc/passwd")), "is a symbolic link"),
+    "same-name-twice": (with_photos(("more/dog.1.jpg", b"y")), "have the same file name"),
+    "no-cats-or-dogs": (lambda _: [("train/1.jpg", b"x"), ("readme.txt", b"x")],
+                        "holds no cat.*.jpg or dog.*.jpg files"),
+    "only-cats": (lambda photos: [entry for entry in good_entries(photos) if "/cat." in entry[0]],
+                  "holds no dog.* images"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_refused_archive(project: Path, photos: dict[str, bytes], case: str) -> None:
+    entries, hint = REFUSED[case]
+    write_zip(project, entries(photos))
+    assert_refused(run_stage(project), project, hint)
+
+
+def test_zip_bomb(project: Path, photos: dict[str, bytes]) -> None:
+    archive = write_zip(project, [*good_entries(photos), *zip_bomb()], zipfile.ZIP_DEFLATED)
+    assert archive.stat().st_size < 1 << 20  # under the 1 MiB floor of the whole-archive check
+    assert_refused(run_stage(project), project, "'train/cat.100.jpg' claims to expand",
+                   "50,000,000 bytes")
+
+
+@pytest.mark.parametrize("kind", ["not-a-zip", "truncated"])
+def test_not_a_zip(project: Path, photos: dict[str, bytes], kind: str) -> None:
+    archive = project / TRAIN_ZIP
+    if kind == "not-a-zip":
+        archive.write_text("<html>an error page</html>")
+    else:
+        write_zip(project, good_entries(photos))
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert_refused(run_stage(project), project, "is not a zip archive", "dvc repro -f fetch_data")
+
+
+def test_missing_archive(project: Path) -> None:
+    assert_refused(run_stage(project), project, "not found", "dvc repro fetch_data")
+
+
+def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
+    # The directory is intact, one photo's stored bytes are not: its CRC no longer matches.
+    archive = write_zip(project, good_entries(photos))
+    data = bytearray(archive.read_bytes())
+    at = data.index(photos["dog.1.jpg"]) + len(photos["dog.1.jpg"]) // 2
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    assert_refused(run_stage(project), project, "cannot read entry 'train/dog.1.jpg'")
+
+
+def test_failed_run_leaves_no_stale_output(project: Path, photos: dict[str, bytes]) -> None:
+    # A previous run's images must not outlive a refused archive for train to pick up.
+    (project / "data" / "train" / "cat").mkdir(parents=True)
+    (project / "data" / "train" / "cat" / "cat.0.jpg").write_bytes(photos["cat.0.jpg"])
+    (project / "metrics").mkdir()
+    (project / "metrics" / "data.json").write_text("{}")
+    write_zip(project, [("train/../cat.0.jpg", b"x")])
+    assert_refused(run_stage(project), project, "would be written outside")
+
+
+# --- unreadable images --------------------------------------------------------------
+
+
+def image_bytes(jpeg: bytes, fmt: str, mode: str) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert(mode).save(out, fmt)
+    return out.getvalue()
+
+
+def mixed_entries(photos: dict[str, bytes]) -> list[Entry]:
+    """The 6 good photos, 2 odd but readable images, 3 unreadable ones."""
+    return [
+        *good_entries(photos),
+        ("train/cat.3.jpg", image_bytes(photos["cat.0.jpg"], "PNG", "RGB")),  # PNG named .jpg
+        ("train/cat.4.jpg", image_bytes(photos["cat.1.jpg"], "JPEG", "L")),  # grayscale
+        ("train/cat.5.jpg", photos["cat.2.jpg"][: len(photos["cat.2.jpg"]) // 2]),  # truncated
+        ("train/cat.6.jpg", b""),
+        ("train/dog.7.jpg", b"this is text, not a JPEG\n"),
+    ]
+
+
+def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[str, bytes]) -> None:
+    write_params(project, max_unreadable_fraction=0.3)  # 3 of 11 is 27%
+    entries = mixed_entries(photos)
+    write_zip(project, entries)
+    result = run_stage(project)
+    assert result.returncode == 0, result.stderr
+
+    readable = {name.removeprefix("train/"): data for name, data in entries[:8]}
+    assert extracted(project) == {
+        f"{name.split('.')[0]}/{name}": data for name, data in readable.items()
+    }
+    metrics = report(project)
+    assert metrics["images"] == {"cat": 5, "dog": 3}
+    assert metrics["unreadable"] == 3
+    reasons = metrics["unreadable_files"]
+    assert sorted(reasons) == ["cat.5.jpg", "cat.6.jpg", "dog.7.jpg"]
+    assert reasons["cat.6.jpg"] == "empty file"
+    for name in ("cat.5.jpg", "dog.7.jpg"):  # TensorFlow's reason, without its op noise
+        assert reasons[name] and "{{" not in reasons[name] and "[Op:" not in reasons[name]
+    assert "JPEG" in reasons["cat.5.jpg"] and "format" in reasons["dog.7.jpg"]
+
+
+def test_too_many_unreadable_images_fail(project: Path, photos: dict[str, bytes]) -> None:
+    write_params(project, max_unreadable_fraction=0.25)
+    write_zip(project, mixed_entries(photos))
+    assert_refused(run_stage(project), project, "3 of 11 images (27.3%) are unreadable",
+                   "max_unreadable_fraction 0.25")
