@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from stages.common import CLASS_NAMES, MODEL_FILE, TRAIN_DIR, load_params, run
-from stages.model import image_dataset, load_model, split_files
+from stages.model import load_images, load_model, split_files
 
 LIVE_DIR = "metrics/evaluate"
 MISTAKES_SHOWN = 16
@@ -52,9 +52,10 @@ def main() -> None:
 
     _, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
     model = load_model(MODEL_FILE)
-    data = image_dataset(val_files, params["image_size"], params["batch_size"])
+    images = load_images(val_files, params["image_size"]).astype(np.float32)
     verbose = "auto" if sys.stdout.isatty() else 0
-    dog_probability = model.predict(data, verbose=verbose).ravel().astype(np.float64)
+    dog_probability = model.predict(images, batch_size=params["batch_size"],
+                                    verbose=verbose).ravel().astype(np.float64)
     labels = np.array([label for _, label in val_files])
     predicted = (dog_probability > 0.5).astype(int)
 

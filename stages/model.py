@@ -248,20 +248,66 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return decode_image(tf.io.read_file(path), image_size)
 
 
-def image_dataset(samples: list[Sample], image_size: int, batch_size: int,
-                  shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of (image, label); each JPEG is decoded and resized once, then cached."""
-    paths = [path for path, _ in samples]
-    labels = np.array([[label] for _, label in samples], dtype=np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    dataset = dataset.map(
-        lambda path, label: (load_image(path, image_size), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(min(len(samples), 4096), seed=shuffle_seed)
-    dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def load_images(samples: list[Sample], image_size: int) -> np.ndarray:
+    """Decode and resize every image once, in parallel, into one uint8 array.
+
+    Epochs, validation and evaluation then reuse these pixels instead of decoding
+    each JPEG again (decoding is about half the time of a naive run on 2 cores).
+    20,000 images at 150 px take 1.35 GB.
+    """
+    paths = tf.data.Dataset.from_tensor_slices([path for path, _ in samples])
+    images = paths.map(lambda path: load_image(path, image_size),
+                       num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    batches = list(images.as_numpy_iterator())
+    return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), "uint8")
+
+
+def labels_of(samples: list[Sample]) -> np.ndarray:
+    return np.array([[label] for _, label in samples], dtype=np.float32)
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Shuffled training batches of epochs `first_epoch`, `first_epoch` + 1, ... as one
+    endless stream, each epoch's order a function of (seed, epoch) alone.
+
+    Batch i is batch i % steps of epoch first_epoch + i // steps. Given to `fit` with
+    `steps_per_epoch=steps`, it is read through one iterator across epochs, so the
+    read-ahead cannot mix epochs up, and a run resumed at epoch k sees exactly the
+    batches an uninterrupted run saw there.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()  # one worker, no processes: batches are made in order
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.steps = -(-len(images) // batch_size)
+        self.first_epoch = 0
+        self._order_epoch, self._order = -1, np.arange(len(images))
+
+    @property
+    def num_batches(self) -> None:
+        return None  # endless: fit's steps_per_epoch marks the epochs
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, step = divmod(index, self.steps)
+        epoch += self.first_epoch
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order, self._order_epoch = rng.permutation(len(self.images)), epoch
+        batch = self._order[step * self.batch_size:(step + 1) * self.batch_size]
+        return self.images[batch].astype(np.float32), self.labels[batch]
+
+
+class EpochRandomness(keras.callbacks.Callback):
+    """Makes each epoch's dropout and augmentation draws a function of its number
+    alone: Keras does not save their seed states with the weights, so without this
+    a resumed run would draw differently from an uninterrupted one."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for state in self.model.variables:
+            if state.path.endswith("seed_generator_state"):  # [seed, counter]
+                seed = np.asarray(state)[0]
+                state.assign(np.array([seed, epoch << 20], dtype=state.dtype))
 
 
 def set_determinism(seed: int) -> None:

@@ -4,11 +4,27 @@ Optionally first trains the head alone (`head_epochs` at `head_lr`, backbone
 frozen), then fine-tunes the layers after `unfreeze_after` (`epochs` at `lr`).
 Per-epoch metrics go to metrics/train through dvclive; the model kept is the
 epoch with the lowest validation loss (`keep: best`) or the last one.
+
+A killed run resumes: every epoch ends with a checkpoint of the weights and the
+optimizer in models/.train-backup (kept between runs, not a DVC output), so the
+next `dvc repro` continues from the last completed epoch, with the same batches in
+the same order, and ends with the same metrics as an uninterrupted run. The backup
+is used only by a run with the same params, images and weights, and deleted once
+the model is saved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
 
 from stages.common import (
     MODEL_FILE,
@@ -20,17 +36,106 @@ from stages.common import (
     run,
 )
 from stages.model import (
+    EpochBatches,
+    EpochRandomness,
     build_backbone,
     build_model,
     check_layers,
-    image_dataset,
+    labels_of,
+    load_images,
     set_determinism,
     set_phase,
     split_files,
 )
 
-LIVE_DIR = "metrics/train"
-BEST_WEIGHTS = MODEL_FILE.with_name(".best.weights.h5")  # scratch space, not a DVC output
+LIVE_DIR = Path("metrics/train")
+VAL_LOSS_LOG = LIVE_DIR / "plots/metrics/eval/loss.tsv"  # dvclive's record of val_loss
+# Scratch space kept between runs to resume a killed training; not DVC outputs.
+BACKUP_DIR = MODEL_FILE.with_name(".train-backup")
+BEST_WEIGHTS = BACKUP_DIR / "best.weights.h5"
+
+
+class EpochLogger(DVCLiveCallback):
+    """dvclive's Keras callback, stepping by the true epoch number (after a resume too)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.live.step = epoch
+        super().on_epoch_end(epoch, logs)
+
+
+def fingerprint(params: dict[str, Any], train_files: list) -> str:
+    """What a backup must match to be resumed: params, training images, weights file."""
+    weights = WEIGHTS_FILE.stat()
+    identity = [params, [[path, Path(path).stat().st_size] for path, _ in train_files],
+                [weights.st_size, weights.st_mtime_ns]]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def resumable_backup(run_id: str) -> bool:
+    """True if models/.train-backup holds a killed run of this very training; else clear it."""
+    stamp = BACKUP_DIR / "run-id"
+    if stamp.is_file() and stamp.read_text() == run_id:
+        return True
+    shutil.rmtree(BACKUP_DIR, ignore_errors=True)
+    BACKUP_DIR.mkdir(parents=True)
+    stamp.write_text(run_id)
+    return False
+
+
+def logged_val_losses() -> list[float]:
+    """Validation loss per epoch, as dvclive logged it."""
+    if not VAL_LOSS_LOG.is_file():
+        return []
+    return [float(row.split("\t")[1]) for row in VAL_LOSS_LOG.read_text().splitlines()[1:]]
+
+
+def forget_logged_epochs(since: int) -> None:
+    """Drop dvclive's rows of epochs that a resumed run redoes (logged, killed before
+    their backup), so each epoch appears once in the plots."""
+    for log in (LIVE_DIR / "plots/metrics").rglob("*.tsv"):
+        header, *rows = log.read_text().splitlines()
+        kept = [row for row in rows if int(row.split("\t")[0]) < since]
+        log.write_text("\n".join([header, *kept]) + "\n")
+
+
+def save_atomically(model: keras.Model, path: Path) -> None:
+    partial = path.with_name(f"partial-{path.name}")  # Keras wants the .weights.h5 ending
+    model.save_weights(partial)
+    partial.replace(path)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """At each epoch end: the best weights so far, then a backup to resume from.
+
+    Keras's BackupAndRestore is not safe against SIGKILL: it writes the weights,
+    then the epoch number, each in place, and a kill during or between the two
+    leaves a backup that does not load or resumes the wrong epoch. Here every file
+    is complete before a rename makes it visible, and the epoch is in its name.
+    """
+
+    def __init__(self, best_val_loss: float) -> None:
+        super().__init__()
+        self.best_val_loss = best_val_loss
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (logs or {})["val_loss"] < self.best_val_loss:
+            self.best_val_loss = logs["val_loss"]
+            save_atomically(self.model, BEST_WEIGHTS)
+        save_atomically(self.model, BACKUP_DIR / f"epoch-{epoch + 1:04d}.weights.h5")
+        for older in BACKUP_DIR.glob("epoch-*.weights.h5"):
+            if older.name < f"epoch-{epoch + 1:04d}":
+                older.unlink()
+
+
+def completed_epochs() -> int:
+    """Epochs the newest backup holds (0: none)."""
+    backups = sorted(BACKUP_DIR.glob("epoch-*.weights.h5"))
+    return int(backups[-1].name[6:10]) if backups else 0
+
+
+def restore(model: keras.Model, epochs_done: int) -> None:
+    model.optimizer.build(model.trainable_variables)  # the file holds its state too
+    model.load_weights(BACKUP_DIR / f"epoch-{epochs_done:04d}.weights.h5")
 
 
 def main() -> None:
@@ -40,41 +145,53 @@ def main() -> None:
     if not WEIGHTS_FILE.exists():
         raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
 
-    import keras
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
-
     set_determinism(params["seed"])
     train_files, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
     size, batch = params["image_size"], params["batch_size"]
-    train_data = image_dataset(train_files, size, batch, shuffle_seed=params["seed"])
-    val_data = image_dataset(val_files, size, batch)
-    print(f"train: {len(train_files)} training and {len(val_files)} validation images",
+    print(f"train: decoding {len(train_files)} training and {len(val_files)} validation images",
           file=sys.stderr)
+    train_data = EpochBatches(load_images(train_files, size), labels_of(train_files), batch,
+                              params["seed"])
+    val_data = (load_images(val_files, size).astype("float32"), labels_of(val_files))
 
+    resuming = resumable_backup(fingerprint(params, train_files))
+    done = completed_epochs() if resuming else 0
+    if resuming:
+        print(f"train: resuming the interrupted run after epoch {done}", file=sys.stderr)
+        forget_logged_epochs(since=done)
     head_epochs, epochs = params["head_epochs"], params["epochs"]
-    model = build_model(params, WEIGHTS_FILE, fine_tune=head_epochs == 0)
-    # One checkpoint callback across both phases: it remembers the best val_loss so far.
-    keep_best = keras.callbacks.ModelCheckpoint(
-        BEST_WEIGHTS, monitor="val_loss", save_best_only=True, save_weights_only=True)
+    total = head_epochs + epochs
+    model = build_model(params, WEIGHTS_FILE, fine_tune=head_epochs == 0 or done > head_epochs)
+    if done:
+        restore(model, done)
+
+    # The best val_loss so far survives a resume in dvclive's log, kept by `persist`.
+    checkpoints = Checkpoints(min(logged_val_losses(), default=float("inf")) if resuming
+                              else float("inf"))
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in CI logs
 
-    # dvcyaml=False: dvc.yaml is written by hand; the steps run on across both fits.
-    with Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
-        callbacks = [DVCLiveCallback(live=live), keep_best]
-        history = []
-        if head_epochs:
-            fit = model.fit(train_data, validation_data=val_data, epochs=head_epochs,
-                            callbacks=callbacks, verbose=verbose)
-            history += fit.history["val_loss"]
-            set_phase(model, params, fine_tune=True)
-        fit = model.fit(train_data, validation_data=val_data, initial_epoch=head_epochs,
-                        epochs=head_epochs + epochs, callbacks=callbacks, verbose=verbose)
-        history += fit.history["val_loss"]
+    def fit(first_epoch: int, end_epoch: int) -> None:
+        # Logged before checkpointed: a backup never gets ahead of the log.
+        callbacks = [EpochRandomness(), logger, checkpoints]
+        train_data.first_epoch = first_epoch
+        model.fit(train_data, steps_per_epoch=train_data.steps, validation_data=val_data,
+                  validation_batch_size=batch, initial_epoch=first_epoch, epochs=end_epoch,
+                  callbacks=callbacks, verbose=verbose)
 
-        best_epoch = 1 + min(range(len(history)), key=history.__getitem__)
-        kept_epoch = best_epoch if params["keep"] == "best" else len(history)
-        if kept_epoch != len(history):
+    # dvcyaml=False: dvc.yaml is written by hand; one step per epoch across both fits.
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:
+        logger = EpochLogger(live=live)
+        if done < head_epochs:
+            fit(done, head_epochs)
+        if head_epochs and done <= head_epochs:
+            set_phase(model, params, fine_tune=True)
+        if max(done, head_epochs) < total:
+            fit(max(done, head_epochs), total)
+
+        history = logged_val_losses()[:total]
+        best_epoch = 1 + history.index(min(history))
+        kept_epoch = best_epoch if params["keep"] == "best" else total
+        if kept_epoch != total:
             model.load_weights(BEST_WEIGHTS)
         live.summary["kept_epoch"] = kept_epoch
         live.summary["best_epoch"] = best_epoch
@@ -84,8 +201,8 @@ def main() -> None:
     inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
     with atomic_output(MODEL_FILE) as partial:
         inference_model.save(partial)
-    BEST_WEIGHTS.unlink(missing_ok=True)
-    print(f"train: saved {MODEL_FILE} from epoch {kept_epoch} of {len(history)} "
+    shutil.rmtree(BACKUP_DIR)
+    print(f"train: saved {MODEL_FILE} from epoch {kept_epoch} of {total} "
           f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)
 
 

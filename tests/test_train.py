@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, stage_env, write_legacy_weights
+from tests.conftest import ROOT, stage_env
 
 SMALL = {
     "backbone": "MobileNet", "alpha": 0.25, "image_size": 96, "batch_size": 16,
@@ -22,15 +24,20 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    import keras
+def weights_file(mobilenet_weights) -> Path:
+    # The real pretrained weights: with random ones MobileNet predicts a constant 0.5,
+    # and equal metrics would prove nothing.
+    return mobilenet_weights
 
-    keras.utils.set_random_seed(3)
-    model = keras.applications.MobileNet(input_shape=(96, 96, 3), alpha=0.25,
-                                         include_top=False, weights=None)
-    path = tmp_path_factory.mktemp("weights") / "mobilenet.h5"
-    write_legacy_weights(model, path)
-    return path
+
+def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    items: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
 
 
 def make_project(root: Path, sample_dir: Path, weights_file: Path, **overrides) -> Path:
@@ -60,11 +67,53 @@ def test_same_params_give_the_same_metrics(tmp_path, sample_dir, weights_file):
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(json.loads((project / "metrics/train/metrics.json").read_text()))
         assert (project / "models/model.keras").is_file()
-        assert not (project / "models/.best.weights.h5").exists()
+        assert not (project / "models/.train-backup").exists()
     assert runs[0] == runs[1]
     # Head epoch + 2 fine-tuning epochs, one continuous step count in dvclive.
     history = (tmp_path / "first/metrics/train/plots/metrics/eval/loss.tsv").read_text()
     assert len(history.strip().splitlines()) == 1 + 3
+
+
+def test_training_killed_mid_way_resumes_and_ends_as_an_uninterrupted_run(
+        tmp_path, sample_dir, weights_file):
+    overrides = {"epochs": 4}
+    reference = make_project(tmp_path / "uninterrupted", sample_dir, weights_file, **overrides)
+    assert train(reference).returncode == 0
+
+    project = make_project(tmp_path / "killed", sample_dir, weights_file, **overrides)
+    log = project / "metrics/train/plots/metrics/eval/loss.tsv"
+    process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project,
+                               env=stage_env(PYTHONPATH=str(ROOT)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # Kill (SIGKILL: no clean-up) once two of the five epochs are logged: mid fine-tuning.
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (project / "models/model.keras").exists()
+
+    resumed = train(project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted run" in resumed.stderr
+    expected = json.loads((reference / "metrics/train/metrics.json").read_text())
+    got = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert flat(got) == pytest.approx(flat(expected), rel=1e-5, abs=1e-6)
+    steps = [row.split("\t")[0] for row in log.read_text().splitlines()[1:]]
+    assert steps == ["0", "1", "2", "3", "4"]  # each epoch once, redone ones too
+
+
+def test_a_backup_from_other_params_is_not_resumed(tmp_path, sample_dir, weights_file):
+    project = make_project(tmp_path, sample_dir, weights_file)
+    stale = project / "models/.train-backup"
+    stale.mkdir()
+    (stale / "run-id").write_text("a run with other params")
+    result = train(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" not in result.stderr
+    assert not stale.exists()
 
 
 def test_kept_epoch_is_the_best_by_validation_loss(tmp_path, sample_dir, weights_file):
