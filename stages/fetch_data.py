@@ -177,6 +177,10 @@ def download(competition: str) -> Path:
 
 def main() -> None:
     params = load_params()
+    # A backbone, size or layer name that cannot work fails now, not after the download.
+    from stages.model import check_architecture
+
+    check_architecture(params)
     competition: str = params["competition"]
     source: str = params["data_source"]
     # Outputs of an earlier run would otherwise be cached by DVC as this run's.

@@ -130,7 +130,7 @@ def fetch_verified(source: str, destination: Path, algorithm: str, expected: str
     actual = file_digest(destination, algorithm)
     if expected and actual != expected:
         raise StageError(
-            f"{algorithm} is {actual}, expected {expected} (if you trust this file, "
+            f"{algorithm} is {actual}, expected {expected}; deleted it (if you trust this file, "
             f"set weights_hash: {algorithm}:{actual} in params.yaml)"
         )
     return actual
@@ -149,6 +149,10 @@ def describe(error: Exception) -> str:
 
 def main() -> None:
     params = load_params()
+    # A backbone, size or layer name that cannot work fails now, not after the download.
+    from stages.model import check_architecture
+
+    check_architecture(params)
     expected_hash: str = params["weights_hash"]
     algorithm, expected = parse_hash(expected_hash) if expected_hash else ("sha256", "")
 

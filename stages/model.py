@@ -82,6 +82,12 @@ def build_backbone(params: dict[str, Any]) -> keras.Model:
                          f"alpha {params['alpha']}: {str(error).splitlines()[0]}") from None
 
 
+def check_architecture(params: dict[str, Any]) -> None:
+    """Fail at once on a bad backbone name, image size, alpha or layer name (seconds: no
+    weights are loaded), so no stage downloads or trains for a configuration that cannot work."""
+    check_layers(build_backbone(params), params)
+
+
 def check_layers(backbone: keras.Model, params: dict[str, Any]) -> None:
     """Fail at once, with the closest names, if a layer param names no layer of the backbone."""
     names = [layer.name for layer in backbone.layers]

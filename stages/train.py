@@ -38,9 +38,8 @@ from stages.common import (
 from stages.model import (
     EpochBatches,
     EpochRandomness,
-    build_backbone,
     build_model,
-    check_layers,
+    check_architecture,
     labels_of,
     load_images,
     set_determinism,
@@ -141,7 +140,7 @@ def restore(model: keras.Model, epochs_done: int) -> None:
 def main() -> None:
     params = load_params()
     # Names are checked before the slow parts (reading images, loading weights).
-    check_layers(build_backbone(params), params)
+    check_architecture(params)
     if not WEIGHTS_FILE.exists():
         raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
 
@@ -174,9 +173,11 @@ def main() -> None:
         # Logged before checkpointed: a backup never gets ahead of the log.
         callbacks = [EpochRandomness(), logger, checkpoints]
         train_data.first_epoch = first_epoch
-        model.fit(train_data, steps_per_epoch=train_data.steps, validation_data=val_data,
-                  validation_batch_size=batch, initial_epoch=first_epoch, epochs=end_epoch,
-                  callbacks=callbacks, verbose=verbose)
+        # shuffle=False: EpochBatches shuffles, by epoch, and fit's own would be ignored.
+        model.fit(train_data, steps_per_epoch=train_data.steps, shuffle=False,
+                  validation_data=val_data, validation_batch_size=batch,
+                  initial_epoch=first_epoch, epochs=end_epoch, callbacks=callbacks,
+                  verbose=verbose)
 
     # dvcyaml=False: dvc.yaml is written by hand; one step per epoch across both fits.
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:

@@ -97,3 +97,12 @@ def stage_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def error_line(stderr: str) -> str:
+    """A failed stage's one-line error: the last line of stderr, and the only "error:" one.
+    (Stages that import TensorFlow may print its start-up log lines before it.)"""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1, stderr
+    return lines[-1]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import error_line
 from tests.kaggle_server import (
     COMPETITION,
     FAKE_KEY,
@@ -35,36 +36,6 @@ OUTPUTS = ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submissio
 DOWNLOAD_DIR = "data/.kaggle-download"
 PER_CLASS, TEST_IMAGES = 20, 10
 CLIENT_CHUNK = 1 << 20  # the kaggle client writes the download in 1 MiB chunks
-# Used only where the repository has no params.yaml yet: fetch_data reads two keys,
-# but load_params validates them all.
-FALLBACK_PARAMS = {
-    "competition": COMPETITION,
-    "data_source": "",
-    "max_unreadable_fraction": 0.01,
-    "weights_urls": ["weights.h5"],
-    "weights_hash": "",
-    "backbone": "InceptionV3",
-    "alpha": 1.0,
-    "cut_layer": "mixed7",
-    "unfreeze_after": "mixed6",
-    "preprocessing": "backbone",
-    "head": "flatten",
-    "dense_units": 1024,
-    "dropout": 0.2,
-    "augment_flip": False,
-    "augment_rotation": 0.0,
-    "augment_zoom": 0.0,
-    "image_size": 150,
-    "batch_size": 64,
-    "val_split": 0.2,
-    "seed": 1234,
-    "head_epochs": 0,
-    "head_lr": 1e-3,
-    "epochs": 2,
-    "lr": 1e-5,
-    "keep": "best",
-}
-
 pytestmark = pytest.mark.skipif(
     not SAMPLE.is_dir(), reason=f"shared sample photos not found at {SAMPLE}"
 )
@@ -87,10 +58,10 @@ def project(tmp_path: Path) -> Path:
     return project
 
 
-def write_params(project: Path, data_source: str = "", competition: str = COMPETITION) -> None:
-    source = REPO / "params.yaml"
-    params = yaml.safe_load(source.read_text()) if source.exists() else dict(FALLBACK_PARAMS)
-    params.update(competition=competition, data_source=data_source)
+def write_params(project: Path, data_source: str = "", competition: str = COMPETITION,
+                 **overrides: object) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(competition=competition, data_source=data_source, **overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -164,18 +135,17 @@ def assert_downloaded(result: subprocess.CompletedProcess, project: Path, bundle
 def assert_fails(
     result: subprocess.CompletedProcess, project: Path, *hints: str, secret: str = FAKE_KEY
 ) -> str:
-    """One line on stderr, "error: ..." with every hint, no traceback, no key, no outputs."""
+    """A one-line "error: ..." with every hint, no traceback, no key, no outputs."""
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
     assert secret not in output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    line = error_line(result.stderr)
     for hint in hints:
-        assert hint in lines[0], lines[0]
+        assert hint in line, line
     for output_path in OUTPUTS:
         assert not (project / output_path).exists(), output_path
-    return lines[0]
+    return line
 
 
 def closed_port() -> int:
@@ -291,6 +261,15 @@ def test_unknown_competition(project: Path, bundle: Path) -> None:
     with KaggleServer(bundle) as server:
         result = run_stage(project, server.env())
     assert_fails(result, project, "404", "no-such-competition")
+
+
+def test_bad_layer_name_fails_before_the_download(project: Path, bundle: Path) -> None:
+    write_params(project, cut_layer="mixed77")
+    with KaggleServer(bundle) as server:
+        result = run_stage(project, server.env())
+        assert server.requests == []  # not even authenticated: nothing downloaded
+    line = assert_fails(result, project, "cut_layer", "mixed7")
+    assert "closest" in line
 
 
 def test_unreachable_server(project: Path) -> None:
