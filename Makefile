@@ -24,7 +24,7 @@ test: setup
 	$(RUN) python -m pytest -m "not slow"
 
 test-slow: setup
-	$(RUN) python -m pytest -m slow
+	$(RUN) python -m pytest -m slow -rP  # -rP: print the measured figures
 
 demo: setup
 	$(RUN) python -m scripts.demo

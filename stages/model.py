@@ -26,6 +26,7 @@ import importlib
 import inspect
 import os
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,20 @@ def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
     The model takes these pixels as they are: its first layers do the preprocessing."""
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return tf.saturate_cast(tf.round(tf.image.resize(image, (image_size, image_size))), tf.uint8)
+
+
+def decode_error(data: bytes) -> str:
+    """"" if `data` decodes as an image (what `decode_image` will do), else the reason it
+    cannot, as one short line."""
+    if not data:
+        return "empty file"
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        # Drop TensorFlow's "{{function_node ...}}" prefix and " [Op:DecodeImage]" suffix.
+        message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\].*$", "", error.message or "").strip()
+        return " ".join(message.split()) or "cannot be decoded"
+    return ""
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import CLASS_NAMES, MODEL_FILE, StageError, run
-from stages.submit import IMAGE_EXTENSIONS, decode_failure, dog_probability, model_image_size
+from stages.submit import IMAGE_EXTENSIONS, dog_probability, model_image_size
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +74,7 @@ def load(path: Path, size: int) -> Any:
     import numpy as np
     import tensorflow as tf
 
-    from stages.model import decode_image
+    from stages.model import decode_error, decode_image
 
     try:
         data = path.read_bytes()
@@ -83,7 +83,7 @@ def load(path: Path, size: int) -> Any:
     try:
         return np.asarray(decode_image(data, size), dtype=np.float32)
     except tf.errors.OpError:
-        return decode_failure(data) or "cannot be decoded"
+        return decode_error(data) or "cannot be decoded"
 
 
 def predict(args: argparse.Namespace) -> int:

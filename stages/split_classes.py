@@ -82,21 +82,6 @@ def check_expansion(members: list[zipfile.ZipInfo], archive_size: int) -> None:
                          f"{MAX_EXPANSION}x its size: not an archive of photos; {REFETCH}")
 
 
-def unreadable_reason(data: bytes) -> str:
-    """"" if TensorFlow decodes `data` as an image, else the reason it cannot."""
-    import tensorflow as tf
-
-    if not data:
-        return "empty file"
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.OpError as error:
-        # Drop TensorFlow's "{{function_node ...}}" prefix and " [Op:DecodeImage]" suffix.
-        message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\].*$", "", error.message or "").strip()
-        return " ".join(message.split()) or "cannot be decoded"
-    return ""
-
-
 def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     """An entry's bytes; a damaged entry means a damaged archive, refused as a whole."""
     try:
@@ -150,7 +135,8 @@ def main() -> None:
                 raise StageError(f"{TRAIN_ZIP} holds no {label}.* images; "
                                  "a class with no images cannot be learned")
 
-        import tensorflow as tf  # noqa: F401  (once, here: not from several threads at once)
+        # Imported here, once (not from several threads at once), after the cheap checks.
+        from stages.model import decode_error
 
         counts = dict.fromkeys(CLASS_NAMES, 0)
         unreadable: dict[str, str] = {}
@@ -159,7 +145,7 @@ def main() -> None:
                 (staging / label).mkdir(parents=True)
 
             def extract(name: str, label: str, data: bytes) -> tuple[str, str, str]:
-                reason = unreadable_reason(data)
+                reason = decode_error(data)
                 if not reason:
                     (staging / label / name).write_bytes(data)
                 return name, label, reason
@@ -173,6 +159,9 @@ def main() -> None:
                         unreadable[name] = reason
                     else:
                         counts[label] += 1
+                done = start + len(batch)
+                if done * 10 // len(images) > start * 10 // len(images):  # every 10%
+                    print(f"split_classes: {done}/{len(images)} images checked", file=sys.stderr)
 
             empty = [name for name, count in counts.items() if count == 0]
             if empty:

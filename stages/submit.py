@@ -9,7 +9,7 @@ error (Kaggle would reject or misread the file); an image that cannot be decoded
 still needs its row, so it gets 0.5 (the prior) and a warning.
 
 stages/predict.py shares the small helpers below (`IMAGE_EXTENSIONS`,
-`decode_failure`, `model_image_size`, `dog_probability`).
+`model_image_size`, `dog_probability`).
 """
 
 from __future__ import annotations
@@ -42,22 +42,6 @@ ENTRY_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, O
 
 
 # --- shared with stages/predict.py ------------------------------------------
-
-def decode_failure(data: bytes) -> str:
-    """"" if `data` decodes as an image, else TensorFlow's reason, as one short line."""
-    import tensorflow as tf
-
-    if not data:
-        return "empty file"
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.OpError as error:
-        # Drop the "{{function_node ...}} " prefix and " [Op:DecodeImage]" suffix.
-        message = error.message.splitlines()[0] if error.message else "cannot be decoded"
-        message = message.rpartition("}} ")[2].split(" [Op:")[0]
-        return message.replace("\t", " ") or "cannot be decoded"
-    return ""
-
 
 def model_image_size(model: Any, model_file: Any) -> int:
     """The square image size the model takes: what it was trained with."""
@@ -121,7 +105,7 @@ def predict_archive(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo],
     import numpy as np
     import tensorflow as tf
 
-    from stages.model import decode_image, load_model
+    from stages.model import decode_error, decode_image, load_model
 
     model = load_model(MODEL_FILE)
     size, trained_size = params["image_size"], model_image_size(model, MODEL_FILE)
@@ -168,7 +152,7 @@ def predict_archive(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo],
                          "check metrics/train and retrain")
     unreadable = {}
     for index in map(int, np.flatnonzero(~decoded)):
-        unreadable[index] = (read_failures.get(index) or decode_failure(archive.read(infos[index]))
+        unreadable[index] = (read_failures.get(index) or decode_error(archive.read(infos[index]))
                              or "cannot be decoded")
     return probability, unreadable
 
