@@ -125,14 +125,9 @@ def predict(args: argparse.Namespace) -> int:
 
 def main() -> None:
     args = parse_args()  # before TensorFlow is imported: --help and usage errors are instant
-    try:
-        failed = predict(args)
-    except StageError as error:
-        # Nothing was predicted: status 2, apart from 1 for "some files failed".
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if predict(args) else 0)
 
 
 if __name__ == "__main__":
-    run(main)
+    # A StageError means nothing was predicted: status 2, apart from 1 for "some failed".
+    run(main, error_status=2)
