@@ -1,16 +1,52 @@
-# Two commands do all the set-up on a fresh machine (Python 3.10+ and git needed):
+# Two commands do all the set-up on a fresh machine (Python >= 3.11 with its venv module,
+# git and make needed; see the README):
 #   make repro   install everything into .venv, then run the pipeline (dvc repro)
 #   make test    install everything into .venv, then run the test suite
+# Pick the interpreter with PYTHON, e.g. `make PYTHON=python3.12 test`.
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv's first on PATH for DVC.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup repro test test-slow demo lint
+# --- Which Python builds .venv -------------------------------------------------------------
+# Pinned packages (keras, numpy, scikit-learn, kaggle...) require Python >= 3.11; checking
+# here, before anything is installed, turns pip's long resolver failure into one line.
+#
+# PYTHON given explicitly (command line or environment) means "use this one": an existing
+# .venv built by another interpreter is rebuilt with it. Without it, an existing .venv keeps
+# its own interpreter, so `make PYTHON=python3.12 setup` then `make test` does not silently
+# reinstall everything with the default python3 (and works where python3 is too old).
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+PROBE := $(PYTHON)
+else
+PROBE := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+endif
+GOAL := $(or $(MAKECMDGOALS),setup)
+HINT := Install Python 3.11+ (Debian/Ubuntu: apt install python3.11 python3.11-venv), then run: make PYTHON=python3.11 $(GOAL)
 
-$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
-	python3 -m venv $(VENV)
+# One interpreter start per make run, even when .venv is up to date (a few ms). No output
+# at all means the interpreter is missing or does not start (e.g. an uninstalled pyenv shim).
+PY_STATE := $(shell $(PROBE) scripts/venv_state.py '$(PROBE)' '$(VENV)' '$(HINT)' 2>/dev/null)
+PY_STATE := $(or $(PY_STATE),make needs Python >= 3.11; found no working '$(PROBE)' (not found or does not run). $(HINT))
+VENV_ACTION := $(firstword $(PY_STATE))
+ifeq ($(filter keep create rebuild,$(VENV_ACTION)),)
+# $(error) stops make before any target, with this single line.
+$(error $(PY_STATE))
+endif
+
+.PHONY: setup repro test test-slow demo lint FORCE
+
+# Requirements changed: install into the existing .venv (pip only adds what is new).
+# Interpreter changed: --clear rebuilds it, since compiled packages belong to one Python.
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt $(if $(filter rebuild,$(VENV_ACTION)),FORCE)
+ifeq ($(VENV_ACTION),rebuild)
+	@echo "Rebuilding $(VENV) with $(PYTHON): it was built by $(wordlist 2,99,$(PY_STATE))"
+	$(PYTHON) -m venv --clear $(VENV)
+else ifeq ($(VENV_ACTION),create)
+	$(PYTHON) -m venv $(VENV)
+endif
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@

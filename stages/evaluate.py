@@ -12,10 +12,14 @@ import sys
 
 import numpy as np
 
-from stages.common import CLASS_NAMES, MODEL_FILE, TRAIN_DIR, load_params, run
-from stages.model import load_images, load_model, split_files
+from stages.dataset import paths_of, split_files
+from stages.errors import run
+from stages.images import load_images
+from stages.labels import CLASS_NAMES
+from stages.network import load_model
+from stages.params import load_params
+from stages.paths import EVALUATE_LIVE_DIR, MODEL_FILE, TRAIN_DIR
 
-LIVE_DIR = "metrics/evaluate"
 MISTAKES_SHOWN = 16
 
 
@@ -52,14 +56,16 @@ def main() -> None:
 
     _, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
     model = load_model(MODEL_FILE)
-    images = load_images(val_files, params["image_size"]).astype(np.float32)
+    images = load_images(paths_of(val_files), params["image_size"],
+                         "evaluate: decoding validation images")
+    images = images.astype(np.float32)
     verbose = "auto" if sys.stdout.isatty() else 0
     dog_probability = model.predict(images, batch_size=params["batch_size"],
                                     verbose=verbose).ravel().astype(np.float64)
     labels = np.array([label for _, label in val_files])
     predicted = (dog_probability > 0.5).astype(int)
 
-    with Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False) as live:
+    with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_metric("images", len(labels), plot=False)
         live.log_metric("accuracy", metrics.accuracy_score(labels, predicted), plot=False)
         live.log_metric("log_loss", metrics.log_loss(labels, dog_probability, labels=[0, 1]),
@@ -77,7 +83,7 @@ def main() -> None:
         live.log_sklearn_plot("roc", labels, dog_probability, name="roc.json")
         live.log_sklearn_plot("precision_recall", labels, dog_probability,
                               name="precision_recall.json")
-        live.log_image("mistakes.png", mistakes_figure([p for p, _ in val_files], labels,
+        live.log_image("mistakes.png", mistakes_figure(paths_of(val_files), labels,
                                                        dog_probability))
         summary = {key: live.summary[key] for key in ("accuracy", "log_loss", "roc_auc")}
     print(f"evaluate: {len(labels)} validation images: {summary}", file=sys.stderr)

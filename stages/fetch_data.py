@@ -14,25 +14,20 @@ import sys
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import requests
 
-from stages.common import (
-    SAMPLE_SUBMISSION,
-    TEST_ZIP,
-    TRAIN_ZIP,
-    StageError,
-    atomic_output,
-    load_params,
-    remove,
-    run,
-)
+from stages.errors import StageError, run
+from stages.files import atomic_output, remove
+from stages.params import load_params
+from stages.paths import DOWNLOAD_DIR, SAMPLE_SUBMISSION, TEST_ZIP, TRAIN_ZIP
+
+if TYPE_CHECKING:
+    from kaggle.api.kaggle_api_extended import KaggleApi
 
 OUTPUTS = (TRAIN_ZIP, TEST_ZIP, SAMPLE_SUBMISSION)
 NAMES = tuple(path.name for path in OUTPUTS)  # what the competition bundle holds
-# Not a DVC output: kept between runs so the client resumes a partial bundle.
-DOWNLOAD_DIR = Path("data/.kaggle-download")
 CHUNK_BYTES = 1 << 20
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entry timestamps, so rebuilt archives hash the same
 EXPECTED = (
@@ -122,13 +117,13 @@ def state(path: Path) -> tuple[int, int] | None:
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
 
 
-def download(competition: str) -> Path:
-    """Download the competition's bundle with the kaggle client; map its failures to one line."""
-    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
-    bundle = DOWNLOAD_DIR / f"{competition}.zip"  # the client names it after the competition
-    print(f"fetch_data: downloading {competition} from Kaggle", flush=True)
-    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    before = state(bundle)
+def rules_url(competition: str) -> str:
+    return f"https://www.kaggle.com/competitions/{competition}/rules"
+
+
+def kaggle_api(competition: str) -> KaggleApi:
+    """The kaggle client, authenticated: fails at once, before anything slow, without
+    credentials. (It only checks they are set; Kaggle checks them at the download.)"""
     try:
         # Importing kaggle already authenticates, and without credentials both the
         # import and authenticate() print a page of help (then exit): keep it out.
@@ -137,15 +132,27 @@ def download(competition: str) -> Path:
 
             api = KaggleApi()
             api.authenticate()
+    except SystemExit:
+        raise StageError(
+            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY or put kaggle.json in "
+            f"~/.kaggle/ (from https://www.kaggle.com/settings), and accept the rules at "
+            f"{rules_url(competition)}"
+        ) from None
+    return api
+
+
+def download(api: KaggleApi, competition: str) -> Path:
+    """Download the competition's bundle with the kaggle client; map its failures to one line."""
+    rules = rules_url(competition)
+    bundle = DOWNLOAD_DIR / f"{competition}.zip"  # the client names it after the competition
+    print(f"fetch_data: downloading {competition} from Kaggle", flush=True)
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    before = state(bundle)
+    try:
         # The client's progress bar helps on a terminal and floods a log.
         api.competition_download_files(
             competition, path=str(DOWNLOAD_DIR), quiet=not sys.stderr.isatty()
         )
-    except SystemExit:
-        raise StageError(
-            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY or put kaggle.json "
-            f"in ~/.kaggle/ (from https://www.kaggle.com/settings), and accept the rules at {rules}"
-        ) from None
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else None
         messages = {
@@ -177,20 +184,22 @@ def download(competition: str) -> Path:
 
 def main() -> None:
     params = load_params()
-    # A backbone, size or layer name that cannot work fails now, not after the download.
-    from stages.model import check_architecture
-
-    check_architecture(params)
     competition: str = params["competition"]
     source: str = params["data_source"]
     # Outputs of an earlier run would otherwise be cached by DVC as this run's.
     for path in OUTPUTS:
         remove(path)
+    api = None if source else kaggle_api(competition)  # no credentials: fail in a second
+    # A backbone, size or layer name that cannot work fails now, not after the download
+    # (imported here: it loads TensorFlow, which a missing credential need not wait for).
+    from stages.network import check_architecture
+
+    check_architecture(params)
     try:
         if source:
             copy_local(Path(source).expanduser())
             return
-        bundle = download(competition)
+        bundle = download(api, competition)
         try:
             extract_bundle(bundle)
         except StageError as error:

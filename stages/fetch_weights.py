@@ -7,6 +7,7 @@ only once it is complete and its checksum matches `weights_hash`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import sys
@@ -16,16 +17,10 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from stages.common import (
-    WEIGHTS_FILE,
-    StageError,
-    atomic_output,
-    file_digest,
-    load_params,
-    parse_hash,
-    remove,
-    run,
-)
+from stages.errors import StageError, run
+from stages.files import atomic_output, remove
+from stages.params import load_params, parse_hash
+from stages.paths import WEIGHTS_FILE
 
 # Small enough that a transfer breaking off keeps nearly all it received: the HTTP
 # client drops the bytes of the read that fails.
@@ -127,7 +122,8 @@ def fetch(source: str, destination: Path) -> None:
 def fetch_verified(source: str, destination: Path, algorithm: str, expected: str) -> str:
     """Fetch `source` to `destination` and return its digest; raise StageError on a mismatch."""
     fetch(source, destination)
-    actual = file_digest(destination, algorithm)
+    with destination.open("rb") as stream:
+        actual = hashlib.file_digest(stream, algorithm).hexdigest()
     if expected and actual != expected:
         raise StageError(
             f"{algorithm} is {actual}, expected {expected}; deleted it (if you trust this file, "
@@ -150,7 +146,7 @@ def describe(error: Exception) -> str:
 def main() -> None:
     params = load_params()
     # A backbone, size or layer name that cannot work fails now, not after the download.
-    from stages.model import check_architecture
+    from stages.network import check_architecture
 
     check_architecture(params)
     expected_hash: str = params["weights_hash"]

@@ -28,8 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.common import CLASS_NAMES, MODEL_FILE, StageError, run
-from stages.submit import IMAGE_EXTENSIONS, dog_probability, model_image_size
+from stages.dataset import IMAGE_EXTENSIONS
+from stages.errors import StageError, run
+from stages.labels import CLASS_NAMES
+from stages.paths import MODEL_FILE
+from stages.progress import Progress
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +77,7 @@ def load(path: Path, size: int) -> Any:
     import numpy as np
     import tensorflow as tf
 
-    from stages.model import decode_error, decode_image
+    from stages.images import decode_error, decode_image
 
     try:
         data = path.read_bytes()
@@ -93,11 +96,12 @@ def predict(args: argparse.Namespace) -> int:
         raise StageError(f"{args.model} not found: run `dvc repro train`, or pass --model")
     import numpy as np
 
-    from stages.model import load_model
+    from stages.network import dog_probability, load_model, model_image_size
 
     model = load_model(args.model)
     size = model_image_size(model, args.model)
     failed = 0
+    progress = Progress("predict", len(files))
     # Decoding releases the GIL, so threads decode a batch's files at once. Each file
     # is decoded on its own, so a bad one is reported without spoiling its batch.
     with ThreadPoolExecutor() as pool:
@@ -117,6 +121,7 @@ def predict(args: argparse.Namespace) -> int:
                     failed += 1
                     print(f"{path}\terror\t{loaded[index]}")
             sys.stdout.flush()  # results as they come, when piped too
+            progress.update(len(batch))
     if failed:
         print(f"predict: {failed} of {len(files)} file(s) could not be read as images",
               file=sys.stderr)

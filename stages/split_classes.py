@@ -20,17 +20,11 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
-from stages.common import (
-    CLASS_NAMES,
-    DATA_REPORT,
-    TRAIN_DIR,
-    TRAIN_ZIP,
-    StageError,
-    atomic_output,
-    load_params,
-    remove,
-    run,
-)
+from stages.errors import StageError, run
+from stages.files import atomic_output, remove
+from stages.labels import CLASS_NAMES
+from stages.params import load_params
+from stages.paths import DATA_REPORT, TRAIN_DIR, TRAIN_ZIP
 
 # The class is the file name's prefix: cat.123.jpg -> cat.
 IMAGE_NAME = re.compile(rf"^({'|'.join(CLASS_NAMES)})\.[^/]*\.(jpe?g|png)$", re.IGNORECASE)
@@ -136,7 +130,7 @@ def main() -> None:
                                  "a class with no images cannot be learned")
 
         # Imported here, once (not from several threads at once), after the cheap checks.
-        from stages.model import decode_error
+        from stages.images import decode_error
 
         counts = dict.fromkeys(CLASS_NAMES, 0)
         unreadable: dict[str, str] = {}

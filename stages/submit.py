@@ -7,9 +7,6 @@ id, with P(dog) clipped to [clip, 1 - clip]: log loss punishes a confident
 mistake without bound. An id without an image, or an image without an id, is an
 error (Kaggle would reject or misread the file); an image that cannot be decoded
 still needs its row, so it gets 0.5 (the prior) and a warning.
-
-stages/predict.py shares the small helpers below (`IMAGE_EXTENSIONS`,
-`model_image_size`, `dog_probability`).
 """
 
 from __future__ import annotations
@@ -22,41 +19,17 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
-from stages.common import (
-    MODEL_FILE,
-    SAMPLE_SUBMISSION,
-    SUBMISSION_FILE,
-    TEST_ZIP,
-    StageError,
-    atomic_output,
-    load_params,
-    run,
-)
+from stages.dataset import IMAGE_EXTENSIONS
+from stages.errors import StageError, run
+from stages.files import atomic_output
+from stages.params import load_params
+from stages.paths import MODEL_FILE, SAMPLE_SUBMISSION, SUBMISSION_FILE, TEST_ZIP
+from stages.progress import Progress
 
-# What tf.io.decode_image reads (JPEG XL and WebP too, but Kaggle ships .jpg).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
 UNREADABLE_PROBABILITY = 0.5  # no information: the row costs log(2), never more
 MAX_WARNINGS = 20  # unreadable images named one by one; a damaged archive would flood stderr
 # Errors zipfile raises for one damaged entry (bad CRC, truncated or odd compression).
 ENTRY_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
-
-
-# --- shared with stages/predict.py ------------------------------------------
-
-def model_image_size(model: Any, model_file: Any) -> int:
-    """The square image size the model takes: what it was trained with."""
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-        raise StageError(f"{model_file} takes input of shape {shape}, not square RGB images")
-    return int(shape[1])
-
-
-def dog_probability(model: Any, images: Any) -> Any:
-    """P(dog) for a batch of raw 0-255 float32 pixels, as a flat float64 array."""
-    import numpy as np
-
-    # predict_on_batch runs the compiled predict step without building a dataset per call.
-    return np.asarray(model.predict_on_batch(images)).reshape(-1).astype(np.float64)
 
 
 # --- the stage --------------------------------------------------------------
@@ -105,7 +78,8 @@ def predict_archive(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo],
     import numpy as np
     import tensorflow as tf
 
-    from stages.model import decode_error, decode_image, load_model
+    from stages.images import decode_error, decode_image
+    from stages.network import dog_probability, load_model, model_image_size
 
     model = load_model(MODEL_FILE)
     size, trained_size = params["image_size"], model_image_size(model, MODEL_FILE)
@@ -138,15 +112,14 @@ def predict_archive(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo],
     total = len(infos)
     probability = np.full(total, np.nan)
     decoded = np.zeros(total, dtype=bool)
-    step = max(1, -(-total // 10))  # report about every 10%
-    next_report = step
+    progress = Progress("submit: predicting test images", total)
     for indices, images in dataset:
         probability[indices.numpy()] = dog_probability(model, images)
         decoded[indices.numpy()] = True
-        done = int(indices[-1]) + 1  # in order, so everything before it has been seen
-        if done >= next_report or done == total:
-            print(f"submit: {done:,}/{total:,} images ({done / total:.0%})", file=sys.stderr)
-            next_report = (done // step + 1) * step
+        # In order, so everything up to the last index has been seen (unreadable ones too).
+        progress.update(int(indices[-1]) + 1 - progress.done)
+    if progress.done < total:  # the last images were unreadable
+        progress.update(total - progress.done)
     if np.isnan(probability[decoded]).any():
         raise StageError(f"{MODEL_FILE} predicts NaN (did training diverge?): "
                          "check metrics/train and retrain")

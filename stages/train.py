@@ -26,31 +26,16 @@ import keras
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from stages.common import (
-    MODEL_FILE,
-    TRAIN_DIR,
-    WEIGHTS_FILE,
-    StageError,
-    atomic_output,
-    load_params,
-    run,
-)
-from stages.model import (
-    EpochBatches,
-    EpochRandomness,
-    build_model,
-    check_architecture,
-    labels_of,
-    load_images,
-    set_determinism,
-    set_phase,
-    split_files,
-)
+from stages.dataset import labels_of, paths_of, split_files
+from stages.errors import StageError, run
+from stages.files import atomic_output
+from stages.images import load_images
+from stages.network import build_model, check_architecture, set_phase
+from stages.params import load_params
+from stages.paths import BACKUP_DIR, MODEL_FILE, TRAIN_DIR, TRAIN_LIVE_DIR, WEIGHTS_FILE
+from stages.training import EpochBatches, EpochRandomness, set_determinism
 
-LIVE_DIR = Path("metrics/train")
-VAL_LOSS_LOG = LIVE_DIR / "plots/metrics/eval/loss.tsv"  # dvclive's record of val_loss
-# Scratch space kept between runs to resume a killed training; not DVC outputs.
-BACKUP_DIR = MODEL_FILE.with_name(".train-backup")
+VAL_LOSS_LOG = TRAIN_LIVE_DIR / "plots/metrics/eval/loss.tsv"  # dvclive's record of val_loss
 BEST_WEIGHTS = BACKUP_DIR / "best.weights.h5"
 
 
@@ -91,7 +76,7 @@ def logged_val_losses() -> list[float]:
 def forget_logged_epochs(since: int) -> None:
     """Drop dvclive's rows of epochs that a resumed run redoes (logged, killed before
     their backup), so each epoch appears once in the plots."""
-    for log in (LIVE_DIR / "plots/metrics").rglob("*.tsv"):
+    for log in (TRAIN_LIVE_DIR / "plots/metrics").rglob("*.tsv"):
         header, *rows = log.read_text().splitlines()
         kept = [row for row in rows if int(row.split("\t")[0]) < since]
         log.write_text("\n".join([header, *kept]) + "\n")
@@ -147,11 +132,10 @@ def main() -> None:
     set_determinism(params["seed"])
     train_files, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
     size, batch = params["image_size"], params["batch_size"]
-    print(f"train: decoding {len(train_files)} training and {len(val_files)} validation images",
-          file=sys.stderr)
-    train_data = EpochBatches(load_images(train_files, size), labels_of(train_files), batch,
-                              params["seed"])
-    val_data = (load_images(val_files, size).astype("float32"), labels_of(val_files))
+    train_images = load_images(paths_of(train_files), size, "train: decoding training images")
+    val_images = load_images(paths_of(val_files), size, "train: decoding validation images")
+    train_data = EpochBatches(train_images, labels_of(train_files), batch, params["seed"])
+    val_data = (val_images.astype("float32"), labels_of(val_files))
 
     resuming = resumable_backup(fingerprint(params, train_files))
     done = completed_epochs() if resuming else 0
@@ -180,7 +164,7 @@ def main() -> None:
                   verbose=verbose)
 
     # dvcyaml=False: dvc.yaml is written by hand; one step per epoch across both fits.
-    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:
+    with Live(str(TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:
         logger = EpochLogger(live=live)
         if done < head_epochs:
             fit(done, head_epochs)

@@ -1,39 +1,118 @@
-"""Shared test material: the real sample photos, weight files, a loopback file server."""
+"""Shared test material, made at test time: photos, a Kaggle-layout sample, backbone
+weight files, a loopback file server. Only claims that need real photos or real
+pretrained weights read ../shared (`real_sample_dir`, `mobilenet_weights`); they skip
+where it is absent, and fail instead under CI (REQUIRE_SHARED=1, set by .ci/run)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
 import hashlib
 import http.server
+import io
 import os
+import random
+import re
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-SAMPLE = SHARED / "data" / "dogs-vs-cats-sample"
+REAL_SAMPLE = SHARED / "data" / "dogs-vs-cats-sample"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 # The same file name as the real one, so the legacy-HDF5 layout is the real one too.
 INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+CLASSES = ("cat", "dog")
+
+
+def needs_shared(path: Path, what: str) -> Path:
+    """`path` if it exists; else skip, or fail where CI promised ../shared (REQUIRE_SHARED=1)."""
+    if path.exists():
+        return path
+    message = f"needs {what} at {path} (absent here)"
+    if os.environ.get("REQUIRE_SHARED") == "1":
+        pytest.fail(f"{message}, but REQUIRE_SHARED=1: CI must run this test", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
-def sample_dir() -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"needs the shared sample photos at {SAMPLE} (absent here)")
-    return SAMPLE
+def real_sample_dir() -> Path:
+    """The 1,000 real Kaggle photos in ../shared: only for claims about real photos."""
+    return needs_shared(REAL_SAMPLE, "the shared sample photos")
 
 
 @pytest.fixture(scope="session")
 def mobilenet_weights() -> Path:
-    if not MOBILENET_WEIGHTS.is_file():
-        pytest.skip(f"needs the shared MobileNet weights at {MOBILENET_WEIGHTS} (absent here)")
-    return MOBILENET_WEIGHTS
+    """Real ImageNet-pretrained MobileNet (alpha 0.25) weights: only for claims about transfer."""
+    return needs_shared(MOBILENET_WEIGHTS, "the shared MobileNet weights")
 
+
+# --- photos ---------------------------------------------------------------------
+
+def draw_photo(label: str, seed: int) -> bytes:
+    """A small photo whose class can be learned: a cat is a dark disc on a warm
+    background, a dog a light square on a cool one. Odd sizes, noise, and some
+    grayscale images (shape still tells them apart) and PNG files, so decoding,
+    resizing and RGB conversion are exercised; a few hundred bytes to a few KB."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(f"{label}-{seed}")
+    width, height = rng.randint(31, 140), rng.randint(29, 130)
+    base = (200, 120, 60) if label == "cat" else (60, 110, 200)
+    background = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in base)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    size = rng.uniform(0.35, 0.7) * min(width, height)
+    x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
+    if label == "cat":
+        draw.ellipse((x, y, x + size, y + size), fill=(30, 20, 20))
+    else:
+        draw.rectangle((x, y, x + size, y + size), fill=(235, 235, 225))
+    png = seed % 5 == 2
+    if not png:  # noise would make a PNG tens of KB
+        noise = np.random.default_rng(seed).normal(0, 8, (height, width, 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype("uint8"))
+    if seed % 7 == 3:
+        image = image.convert("L")
+    stream = io.BytesIO()
+    image.save(stream, format="PNG" if png else "JPEG", quality=80)
+    return stream.getvalue()
+
+
+def make_sample(folder: Path, per_class: int, test_images: int) -> Path:
+    """A folder in the layout of Kaggle's data and of ../shared's sample: train/cat.N.jpg,
+    train/dog.N.jpg, test/N.jpg (unlabelled, both classes) and sample_submission.csv.
+    Files are named .jpg as Kaggle's are, whatever their format."""
+    (folder / "train").mkdir(parents=True)
+    (folder / "test").mkdir()
+    for label in CLASSES:
+        for number in range(per_class):
+            (folder / "train" / f"{label}.{number}.jpg").write_bytes(draw_photo(label, number))
+    for number in range(1, test_images + 1):
+        photo = draw_photo(CLASSES[number % 2], 10_000 + number)
+        (folder / "test" / f"{number}.jpg").write_bytes(photo)
+    with (folder / "sample_submission.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["id", "label"])
+        writer.writerows([number, 0.5] for number in range(1, test_images + 1))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Drawn photos in the sample's layout: 60 per class for training, 20 for the test set."""
+    return make_sample(tmp_path_factory.mktemp("sample") / "dogs-vs-cats", 60, 20)
+
+
+# --- weights --------------------------------------------------------------------
 
 def write_legacy_weights(model, path: Path) -> None:
     """Save `model`'s weights in the legacy Keras-2 HDF5 layout of the published *_notop.h5
@@ -58,6 +137,65 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def calibrate_batchnorm(backbone, images) -> None:
+    """Set each BatchNormalization layer's moving statistics to those of its inputs on
+    `images` (preprocessed). Random weights with the initial statistics (mean 0, variance
+    1) make features vanish within a few blocks and every prediction 0.5; calibrated,
+    the random features still tell the drawn classes apart, as pretrained ones would."""
+    import keras
+    import numpy as np
+
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = np.asarray(keras.Model(backbone.input, layer.input)(images))
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)),
+                               inputs.var(axis=(0, 1, 2))])
+
+
+def photo_pixels(photo: Path, size: int):
+    """`photo` as the model takes it, decoded here independently of the project's own
+    decoder (stages.images), so that neither test material nor a test's expected values
+    share a bug with the code under test: Pillow decodes it as RGB (a grayscale image's
+    one channel three times), then the documented resize: bilinear, half-pixel centres,
+    no antialiasing (tf.image.resize, as Keras's image_dataset_from_directory does),
+    rounded to whole 0-255 values. float32 pixels, size x size x 3.
+
+    Equal to the pipeline's pixels for PNG; JPEG decoders may differ by a few levels
+    (TensorFlow uses libjpeg's fast integer IDCT, Pillow its accurate one)."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    resized = tf.image.resize(rgb, (size, size), method="bilinear", antialias=False)
+    return np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_random_weights(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """MobileNet (alpha 0.25) without top: random weights, BatchNormalization calibrated
+    on the drawn photos at 96 px, in the legacy HDF5 layout of the published files.
+    Loads at any image size; stands in for the pretrained file wherever a test's claim
+    is about the pipeline, not about transfer. Random features keep the classes apart
+    in the first blocks only: a test that needs learning cuts at `conv_pw_3_relu`
+    (a linear probe there: 0.93 on held-out drawn photos; at `conv_pw_13_relu`: chance)."""
+    import keras
+    import numpy as np
+
+    size = 96
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=0.25,
+                                            include_top=False, weights=None)
+    photos = sorted((sample_dir / "train").glob("*.jpg"))[::3]
+    pixels = np.stack([photo_pixels(photo, size) for photo in photos])
+    calibrate_batchnorm(backbone, pixels / 127.5 - 1)  # MobileNet's preprocess_input
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_2_5_notop_random.h5"
+    write_legacy_weights(backbone, path)
+    return path
+
+
 def md5(path: Path) -> str:
     with path.open("rb") as stream:
         return hashlib.file_digest(stream, "md5").hexdigest()
@@ -68,35 +206,98 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A loopback HTTP server; yields (base URL, folder it serves)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
+@contextlib.contextmanager
+def serving(folder: Path) -> Iterator[str]:
+    """Serve `folder` over HTTP on loopback while in the block; yields the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", folder
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
 
 
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTP server; yields (base URL, folder it serves)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with serving(folder) as url:
+        yield url, folder
+
+
 def stage_env(**extra: str) -> dict[str, str]:
     """Environment for running stages and DVC in a subprocess: this interpreter's venv
-    first on PATH (stage commands call `python`), no analytics, a git identity."""
-    env = {
-        **os.environ,
+    first on PATH (stage commands call `python`), no analytics, a git identity, and
+    none of the caller's proxy or Kaggle settings (every server a test talks to is on
+    loopback, and a developer's own Kaggle credentials never take part); then `extra`."""
+    dropped = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {key: value for key, value in os.environ.items()
+           if key.lower() not in dropped and not key.startswith("KAGGLE_")}
+    env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
         "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost",
         "PYTHONUNBUFFERED": "1",
-    }
+    })
     env.update(extra)
     return env
+
+
+def write_params(project: Path, **changes: object) -> dict[str, Any]:
+    """project/params.yaml: the project's own params.yaml with `changes`; returns it."""
+    import yaml
+
+    params = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **changes}
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def stage_command(stage: str, *args: str) -> list[str]:
+    """`python -m stages.<stage> ARGS`, as dvc.yaml runs it."""
+    return [sys.executable, "-m", f"stages.{stage}", *args]
+
+
+def run_stage(stage: str, project: Path, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a stage in `project` as DVC does, with this checkout's `stages` importable;
+    the environment is `env`, or stage_env()'s."""
+    environment = {**(stage_env() if env is None else env), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(stage_command(stage, *args), cwd=project, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_stage_error(result: subprocess.CompletedProcess[str], *hints: str,
+                       status: int = 1) -> str:
+    """A stage that failed as expected: exit `status`, no traceback, and one `error:`
+    line (stderr's last) holding every hint; returns that line."""
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    line = error_line(result.stderr)
+    for hint in hints:
+        assert hint in line, line
+    return line
+
+
+def dvc(project: Path, env: dict[str, str], *args: str, ok: bool = True,
+        timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run `dvc ARGS` in `project`; unless `ok` is False, fail the test if it fails."""
+    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if ok:
+        assert result.returncode == 0, (
+            f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` ran, in order, from its output."""
+    return re.findall(r"Running stage '(\w+)'", output)
 
 
 def error_line(stderr: str) -> str:

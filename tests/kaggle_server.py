@@ -54,7 +54,9 @@ def build_competition_bundle(
     test_images: int | None = None,
     competition: str = COMPETITION,
 ) -> Path:
-    """Write dest/<competition>.zip laid out like Kaggle's download, from the shared sample.
+    """Write dest/<competition>.zip laid out like Kaggle's download, from a folder in the
+    layout of Kaggle's unpacked data (train/, test/, sample_submission.csv), such as the
+    drawn sample the tests make (conftest's `sample_dir`, `make_sample`).
 
     It holds train.zip (train/cat.N.jpg, train/dog.N.jpg: the first `per_class` of
     each class), test.zip (test/N.jpg: the first `test_images`) and

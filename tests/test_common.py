@@ -1,4 +1,5 @@
-"""Tests of stages/common.py: params validation, one-line errors, atomic outputs, hashes."""
+"""Tests of the shared modules without TensorFlow: params validation (stages/params.py),
+one-line errors (stages/errors.py), atomic outputs (stages/files.py), hash specs."""
 
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.common import (
-    PARAM_SPEC,
-    StageError,
-    atomic_output,
-    file_digest,
-    load_params,
-    parse_hash,
-    run,
-    validate_params,
-)
+from stages.errors import StageError, run
+from stages.files import atomic_output
+from stages.params import PARAM_SPEC, load_params, parse_hash, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "params.yaml"
@@ -127,7 +121,7 @@ def test_duplicate_key_is_refused(tmp_path: Path) -> None:
     # PyYAML would keep the second `lr:` and silently ignore an edit of the first.
     path = tmp_path / "params.yaml"
     path.write_text(SHIPPED.read_text() + "lr: 0.1\n")
-    with pytest.raises(StageError, match="key 'lr' appears twice"):
+    with pytest.raises(StageError, match='duplicate key "lr"'):
         load_params(path)
 
 
@@ -197,12 +191,27 @@ def test_run_prints_one_line_and_exits_1(capsys: pytest.CaptureFixture[str]) -> 
 def test_atomic_file(tmp_path: Path) -> None:
     final = tmp_path / "models" / "model.keras"
     with atomic_output(final) as partial:
-        # A sibling keeping the extension, which some writers insist on.
+        # A sibling keeping the extension, which some writers insist on; not `final` itself.
+        assert partial != final
         assert partial.parent == final.parent and partial.suffix == ".keras"
         assert not partial.exists()
         partial.write_text("new")
+        assert not final.exists(), "the output appeared before the block ended"
     assert final.read_text() == "new"
     assert list(final.parent.iterdir()) == [final]
+
+
+def test_atomic_file_replaces_the_earlier_one_only_at_the_end(tmp_path: Path) -> None:
+    final = tmp_path / "model.keras"
+    final.write_text("earlier")
+    with atomic_output(final) as partial:
+        assert partial != final
+        partial.write_text("new")
+        # A crash now (a kill, a power cut: no exception to clean up after) leaves the
+        # earlier output whole.
+        assert final.read_text() == "earlier"
+    assert final.read_text() == "new"
+    assert list(tmp_path.iterdir()) == [final]
 
 
 def test_atomic_folder_replaces_the_old_one(tmp_path: Path) -> None:
@@ -210,8 +219,11 @@ def test_atomic_folder_replaces_the_old_one(tmp_path: Path) -> None:
     (final / "stale").mkdir(parents=True)
     (final / "stale" / "old.jpg").write_text("old")
     with atomic_output(final) as partial:
+        assert partial != final
         (partial / "cat").mkdir(parents=True)
         (partial / "cat" / "new.jpg").write_text("new")
+        assert sorted(str(p.relative_to(final)) for p in final.rglob("*")) == [
+            "stale", "stale/old.jpg"]
     assert sorted(str(p.relative_to(final)) for p in final.rglob("*")) == ["cat", "cat/new.jpg"]
     assert list(final.parent.iterdir()) == [final]
 
@@ -242,24 +254,13 @@ def test_atomic_failure_keeps_the_earlier_output(tmp_path: Path) -> None:
 # --- hashes -------------------------------------------------------------------
 
 
-def test_file_digest_matches_hashlib(tmp_path: Path) -> None:
-    path = tmp_path / "blob.bin"
-    data = os.urandom(3 * (1 << 20) + 123)  # spans several 1 MiB blocks, and a partial one
-    path.write_bytes(data)
-    for algorithm in ("md5", "sha256"):
-        assert file_digest(path, algorithm) == hashlib.new(algorithm, data).hexdigest()
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    assert file_digest(empty, "md5") == hashlib.md5(b"").hexdigest()
-
-
 def test_parse_hash_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
     assert parse_hash(f"SHA256:{digest.upper()}") == ("sha256", digest)
     algorithm, expected = parse_hash(f"md5:{hashlib.md5(b'weights').hexdigest()}")
-    assert file_digest(path, algorithm) == expected
+    assert (algorithm, expected) == ("md5", hashlib.md5(b"weights").hexdigest())
 
 
 @pytest.mark.parametrize(

@@ -3,25 +3,31 @@
 Each test runs the stage the way DVC does (`python -m stages.fetch_data` in a
 project folder) in a subprocess, since the kaggle client reads its environment
 when it is imported. HOME and KAGGLE_CONFIG_DIR point at empty folders, so a
-developer's own Kaggle credentials never take part.
+developer's own Kaggle credentials never take part. The competition bundle is
+built from the drawn sample photos (conftest's `sample_dir`).
 """
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import error_line
+from tests.conftest import (
+    ROOT,
+    assert_stage_error,
+    run_stage,
+    stage_command,
+    stage_env,
+    write_params,
+)
 from tests.kaggle_server import (
     COMPETITION,
     FAKE_KEY,
@@ -30,73 +36,69 @@ from tests.kaggle_server import (
     proxy_env,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "dogs-vs-cats-sample"
 OUTPUTS = ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv")
 DOWNLOAD_DIR = "data/.kaggle-download"
 PER_CLASS, TEST_IMAGES = 20, 10
 CLIENT_CHUNK = 1 << 20  # the kaggle client writes the download in 1 MiB chunks
-pytestmark = pytest.mark.skipif(
-    not SAMPLE.is_dir(), reason=f"shared sample photos not found at {SAMPLE}"
-)
 
 
 # --- helpers -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("kaggle")
-    return build_competition_bundle(SAMPLE, folder, per_class=PER_CLASS, test_images=TEST_IMAGES)
+    return build_competition_bundle(sample_dir, folder, per_class=PER_CLASS,
+                                    test_images=TEST_IMAGES)
+
+
+def noisy_jpeg(width: int, height: int, seed: int) -> bytes:
+    """A photo of pure noise: JPEG cannot compress it, so it is large (~1.5 MB at 1200 x 1000)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    stream = io.BytesIO()
+    Image.fromarray(pixels).save(stream, format="JPEG", quality=95)
+    return stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def large_bundle(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """The same layout and counts as `bundle`, over 2 MiB: two drawn photos are replaced
+    by large noisy ones (the drawn photos are a few KB each)."""
+    folder = tmp_path_factory.mktemp("large")
+    shutil.copytree(sample_dir, folder / "sample")
+    for seed, label in enumerate(("cat", "dog")):
+        (folder / "sample" / "train" / f"{label}.0.jpg").write_bytes(noisy_jpeg(1200, 1000, seed))
+    return build_competition_bundle(folder / "sample", folder / "bundle", per_class=PER_CLASS,
+                                    test_images=TEST_IMAGES)
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     project = tmp_path / "project"
-    project.mkdir()
-    write_params(project)
+    set_params(project)
     return project
 
 
-def write_params(project: Path, data_source: str = "", competition: str = COMPETITION,
-                 **overrides: object) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(competition=competition, data_source=data_source, **overrides)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+def set_params(project: Path, data_source: str = "", competition: str = COMPETITION,
+               **overrides: object) -> None:
+    write_params(project, competition=competition, data_source=data_source, **overrides)
 
 
-def stage_env(project: Path, extra: dict[str, str]) -> dict[str, str]:
-    """os.environ without Kaggle settings and proxies, plus `extra`."""
+def kaggle_env(project: Path, extra: dict[str, str]) -> dict[str, str]:
+    """stage_env() (no Kaggle settings, no proxies), an empty HOME and Kaggle config
+    folder, plus `extra`."""
     home, config = project.parent / "home", project.parent / "kaggle-config"
     home.mkdir(exist_ok=True)
     config.mkdir(exist_ok=True)
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("KAGGLE_") and key.lower() not in proxies
-    }
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        KAGGLE_CONFIG_DIR=str(config),
-        PYTHONPATH=str(REPO),
-    )
-    return {**env, **extra}
+    return stage_env(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+                     KAGGLE_CONFIG_DIR=str(config), PYTHONPATH=str(ROOT), **extra)
 
 
-STAGE = [sys.executable, "-m", "stages.fetch_data"]
-
-
-def run_stage(project: Path, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        STAGE,
-        cwd=project,
-        env=stage_env(project, extra or {}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def fetch_data(project: Path, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run_stage("fetch_data", project, env=kaggle_env(project, extra or {}), timeout=120)
 
 
 def member(archive: Path, name: str) -> bytes:
@@ -137,12 +139,9 @@ def assert_fails(
 ) -> str:
     """A one-line "error: ..." with every hint, no traceback, no key, no outputs."""
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
     assert "Traceback" not in output, output
     assert secret not in output
-    line = error_line(result.stderr)
-    for hint in hints:
-        assert hint in line, line
+    line = assert_stage_error(result, *hints)
     for output_path in OUTPUTS:
         assert not (project / output_path).exists(), output_path
     return line
@@ -160,7 +159,7 @@ def closed_port() -> int:
 def test_download(project: Path, bundle: Path) -> None:
     plant_stale_outputs(project)
     with KaggleServer(bundle) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_downloaded(result, project, bundle)
     assert [(method, status) for method, _, status in server.requests] == [
         ("POST", 302),
@@ -173,21 +172,22 @@ def test_download(project: Path, bundle: Path) -> None:
 def test_broken_transfer_is_resumed(project: Path, bundle: Path) -> None:
     broken_at = bundle.stat().st_size // 3
     with KaggleServer(bundle, break_after_bytes=broken_at) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_downloaded(result, project, bundle)
     statuses = [status for method, _, status in server.requests if method == "GET"]
     assert statuses == [200, 206], "the client retries with a Range request"
 
 
-def test_interrupted_download_resumes_on_next_run(project: Path, bundle: Path) -> None:
+def test_interrupted_download_resumes_on_next_run(project: Path, large_bundle: Path) -> None:
     # The client writes 1 MiB at a time: stall past the first chunk, so one is on disk.
+    bundle = large_bundle
     assert bundle.stat().st_size > 2 * CLIENT_CHUNK
     partial = project / DOWNLOAD_DIR / f"{COMPETITION}.zip"
     with KaggleServer(bundle, hang_after_bytes=CLIENT_CHUNK + 1000) as server:
         process = subprocess.Popen(
-            STAGE,
+            stage_command("fetch_data"),
             cwd=project,
-            env=stage_env(project, server.env()),
+            env=kaggle_env(project, server.env()),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -204,7 +204,7 @@ def test_interrupted_download_resumes_on_next_run(project: Path, bundle: Path) -
     assert not any((project / output).exists() for output in OUTPUTS)
 
     with KaggleServer(bundle) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_downloaded(result, project, bundle)
     # The client opens the download (200), sees its verified partial, asks for the rest.
     assert [status for method, _, status in server.requests if method == "GET"] == [200, 206]
@@ -215,7 +215,7 @@ def test_corrupt_download_is_deleted(project: Path, tmp_path: Path) -> None:
     not_a_zip.parent.mkdir()
     not_a_zip.write_bytes(b"<html>an error page, not a zip</html>")
     with KaggleServer(not_a_zip) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_fails(result, project, "not a valid zip file", "run the stage again")
     assert list((project / DOWNLOAD_DIR).iterdir()) == [], "the next run must download afresh"
 
@@ -225,7 +225,7 @@ def test_missing_credentials(project: Path, bundle: Path) -> None:
     with KaggleServer(bundle) as server:
         env = server.env()
         del env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
-        result = run_stage(project, env)
+        result = fetch_data(project, env)
     assert_fails(
         result,
         project,
@@ -242,31 +242,31 @@ def test_wrong_credentials(project: Path, bundle: Path) -> None:
     plant_stale_outputs(project)
     wrong = "wr0ng-k3y-that-must-not-leak"
     with KaggleServer(bundle) as server:
-        result = run_stage(project, server.env(key=wrong))
+        result = fetch_data(project, server.env(key=wrong))
     assert_fails(result, project, "401", "KAGGLE_KEY", secret=wrong)
 
 
 def test_rules_not_accepted(project: Path, bundle: Path) -> None:
     plant_stale_outputs(project)
     with KaggleServer(bundle, rules_accepted=False) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_fails(
         result, project, "403", "rules", f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
     )
 
 
 def test_unknown_competition(project: Path, bundle: Path) -> None:
-    write_params(project, competition="no-such-competition")
+    set_params(project, competition="no-such-competition")
     plant_stale_outputs(project)
     with KaggleServer(bundle) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
     assert_fails(result, project, "404", "no-such-competition")
 
 
 def test_bad_layer_name_fails_before_the_download(project: Path, bundle: Path) -> None:
-    write_params(project, cut_layer="mixed77")
+    set_params(project, cut_layer="mixed77")
     with KaggleServer(bundle) as server:
-        result = run_stage(project, server.env())
+        result = fetch_data(project, server.env())
         assert server.requests == []  # not even authenticated: nothing downloaded
     line = assert_fails(result, project, "cut_layer", "mixed7")
     assert "closest" in line
@@ -275,42 +275,43 @@ def test_bad_layer_name_fails_before_the_download(project: Path, bundle: Path) -
 def test_unreachable_server(project: Path) -> None:
     plant_stale_outputs(project)
     env = {**proxy_env(closed_port()), "KAGGLE_USERNAME": "tester", "KAGGLE_KEY": FAKE_KEY}
-    result = run_stage(project, env)
+    result = fetch_data(project, env)
     assert_fails(result, project, "reach")
 
 
 # --- local data_source -------------------------------------------------------------
 
 
-def test_local_unpacked_folder(project: Path) -> None:
+def test_local_unpacked_folder(project: Path, sample_dir: Path) -> None:
     source = project.parent / "unpacked"
     photos = [f"train/{label}.{n}.jpg" for label in ("cat", "dog") for n in range(5)]
     photos += [f"test/{n}.jpg" for n in range(1, 6)]
     for photo in photos:
         (source / photo).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SAMPLE / photo, source / photo)
-    shutil.copyfile(SAMPLE / "sample_submission.csv", source / "sample_submission.csv")
-    write_params(project, data_source=str(source))
+        shutil.copyfile(sample_dir / photo, source / photo)
+    shutil.copyfile(sample_dir / "sample_submission.csv", source / "sample_submission.csv")
+    set_params(project, data_source=str(source))
 
-    result = run_stage(project)
+    result = fetch_data(project)
     assert result.returncode == 0, result.stdout + result.stderr
     train, test = project / OUTPUTS[0], project / OUTPUTS[1]
     assert sorted(names(train)) == sorted(p for p in photos if p.startswith("train/"))
     assert sorted(names(test)) == sorted(p for p in photos if p.startswith("test/"))
-    assert member(train, "train/dog.3.jpg") == (SAMPLE / "train/dog.3.jpg").read_bytes()
+    assert member(train, "train/dog.3.jpg") == (sample_dir / "train/dog.3.jpg").read_bytes()
     with zipfile.ZipFile(train) as archive:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
-    assert (project / OUTPUTS[2]).read_bytes() == (SAMPLE / "sample_submission.csv").read_bytes()
+    submission = (sample_dir / "sample_submission.csv").read_bytes()
+    assert (project / OUTPUTS[2]).read_bytes() == submission
 
     # A rerun builds byte-identical archives, so DVC sees no change downstream.
     first = train.read_bytes()
-    assert run_stage(project).returncode == 0
+    assert fetch_data(project).returncode == 0
     assert train.read_bytes() == first
 
 
 def test_local_bundle_zip(project: Path, bundle: Path) -> None:
-    write_params(project, data_source=str(bundle))
-    result = run_stage(project)
+    set_params(project, data_source=str(bundle))
+    result = fetch_data(project)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_outputs_match(project, bundle)
     assert bundle.is_file(), "a local source is never deleted"
@@ -319,8 +320,8 @@ def test_local_bundle_zip(project: Path, bundle: Path) -> None:
 def test_local_folder_of_zips(project: Path, bundle: Path) -> None:
     with zipfile.ZipFile(bundle) as archive:
         archive.extractall(project / "local")
-    write_params(project, data_source="local")  # relative to the project root
-    result = run_stage(project)
+    set_params(project, data_source="local")  # relative to the project root
+    result = fetch_data(project)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_outputs_match(project, bundle)
 
@@ -328,18 +329,18 @@ def test_local_folder_of_zips(project: Path, bundle: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "hint"),
     [
-        (lambda folder: folder / "missing", "does not exist"),
-        (lambda folder: _write(folder / "notes.txt", b"not a zip"), "not a zip file"),
-        (lambda folder: _truncated_bundle(folder), "not a zip file"),
-        (lambda folder: _write(folder / "other" / "readme.txt", b"").parent, "no known layout"),
+        (lambda folder, _: folder / "missing", "does not exist"),
+        (lambda folder, _: _write(folder / "notes.txt", b"not a zip"), "not a zip file"),
+        (lambda folder, bundle: _truncated(folder, bundle), "not a zip file"),
+        (lambda folder, _: _write(folder / "other" / "readme.txt", b"").parent, "no known layout"),
     ],
     ids=["nonexistent", "not-a-zip", "truncated-zip", "unknown-layout"],
 )
-def test_bad_local_source(project: Path, make, hint: str) -> None:
-    source = make(project.parent)
-    write_params(project, data_source=str(source))
+def test_bad_local_source(project: Path, bundle: Path, make, hint: str) -> None:
+    source = make(project.parent, bundle)
+    set_params(project, data_source=str(source))
     plant_stale_outputs(project)
-    message = assert_fails(run_stage(project), project, hint)
+    message = assert_fails(fetch_data(project), project, hint)
     assert str(source) in message
 
 
@@ -349,6 +350,5 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _truncated_bundle(folder: Path) -> Path:
-    whole = build_competition_bundle(SAMPLE, folder / "whole", per_class=2, test_images=2)
-    return _write(folder / "truncated.zip", whole.read_bytes()[: whole.stat().st_size // 2])
+def _truncated(folder: Path, bundle: Path) -> Path:
+    return _write(folder / "truncated.zip", bundle.read_bytes()[: bundle.stat().st_size // 2])

@@ -13,17 +13,14 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import md5
+from tests.conftest import assert_stage_error, md5, run_stage, write_params
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "models/backbone_notop.h5"
 NAME = "weights_notop.h5"
 BODY = os.urandom(1 << 20)  # 1 MiB: several of the stage's 64 KiB chunks
@@ -109,15 +106,9 @@ def project(tmp_path: Path) -> Path:
     return project
 
 
-def run_stage(project: Path, urls: list[str], weights_hash: str = f"md5:{BODY_MD5}"):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(weights_urls=urls, weights_hash=weights_hash)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {key: value for key, value in os.environ.items() if key.lower() not in proxies}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "stages.fetch_weights"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=60)
+def fetch(project: Path, urls: list[str], weights_hash: str = f"md5:{BODY_MD5}"):
+    write_params(project, weights_urls=urls, weights_hash=weights_hash)
+    return run_stage("fetch_weights", project, timeout=60)
 
 
 def assert_fetched(result: subprocess.CompletedProcess, project: Path) -> None:
@@ -127,12 +118,7 @@ def assert_fetched(result: subprocess.CompletedProcess, project: Path) -> None:
 
 
 def assert_fails(result: subprocess.CompletedProcess, project: Path, *hints: str) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith("error: "), result.stderr
-    for hint in hints:
-        assert hint in last, last
+    last = assert_stage_error(result, *hints)
     assert not (project / WEIGHTS).exists()
     assert not list(project.glob("models/*")), "no .part file left"
     return last
@@ -140,7 +126,7 @@ def assert_fails(result: subprocess.CompletedProcess, project: Path, *hints: str
 
 def test_download(project: Path, serve) -> None:
     mirror = serve()
-    result = run_stage(project, [mirror.url()])
+    result = fetch(project, [mirror.url()])
     assert_fetched(result, project)
     assert mirror.requests == [(f"/{NAME}", None, 200)]
     assert f"md5 {BODY_MD5}" in result.stdout
@@ -148,7 +134,7 @@ def test_download(project: Path, serve) -> None:
 
 def test_empty_hash_skips_the_check(project: Path, serve) -> None:
     mirror = serve()
-    assert_fetched(run_stage(project, [mirror.url()], weights_hash=""), project)
+    assert_fetched(fetch(project, [mirror.url()], weights_hash=""), project)
 
 
 def test_checksum_mismatch(project: Path, serve) -> None:
@@ -156,7 +142,7 @@ def test_checksum_mismatch(project: Path, serve) -> None:
     (project / WEIGHTS).write_bytes(BODY)  # an earlier run's file must not survive a failure
     mirror = serve()
     expected = "0" * 32
-    result = run_stage(project, [mirror.url()], weights_hash=f"md5:{expected}")
+    result = fetch(project, [mirror.url()], weights_hash=f"md5:{expected}")
     assert_fails(result, project, mirror.url(), BODY_MD5, expected,
                  f"set weights_hash: md5:{BODY_MD5} in params.yaml")
 
@@ -164,7 +150,7 @@ def test_checksum_mismatch(project: Path, serve) -> None:
 def test_dead_mirrors_then_a_good_one(project: Path, serve) -> None:
     mirror = serve()
     refused, missing = closed_port_url(), mirror.url("no-such-file.h5")
-    result = run_stage(project, [refused, missing, mirror.url()])
+    result = fetch(project, [refused, missing, mirror.url()])
     assert_fetched(result, project)
     assert mirror.requests == [("/no-such-file.h5", None, 404), (f"/{NAME}", None, 200)]
     assert f"{refused} failed" in result.stderr and f"{missing} failed" in result.stderr
@@ -173,7 +159,7 @@ def test_dead_mirrors_then_a_good_one(project: Path, serve) -> None:
 def test_all_mirrors_fail(project: Path, serve) -> None:
     mirror = serve()
     refused, missing, local = closed_port_url(), mirror.url("gone.h5"), "nowhere/weights.h5"
-    last = assert_fails(run_stage(project, [refused, missing, local]), project,
+    last = assert_fails(fetch(project, [refused, missing, local]), project,
                         "could not fetch the backbone weights from any of weights_urls")
     assert re.search(rf"{re.escape(refused)}: [^;]*Connection refused", last), last
     assert re.search(rf"{re.escape(missing)}: HTTP 404", last), last
@@ -181,7 +167,7 @@ def test_all_mirrors_fail(project: Path, serve) -> None:
 
 
 def test_unsupported_scheme(project: Path) -> None:
-    assert_fails(run_stage(project, ["ftp://example.com/weights.h5"]), project,
+    assert_fails(fetch(project, ["ftp://example.com/weights.h5"]), project,
                  "ftp://example.com/weights.h5: only http://, https:// and file://")
 
 
@@ -191,14 +177,14 @@ def test_local_path(project: Path, form: str) -> None:
     local.parent.mkdir()
     local.write_bytes(BODY)
     source = f"offline/{NAME}" if form == "relative" else f"file://{local}"
-    assert_fetched(run_stage(project, [source]), project)
+    assert_fetched(fetch(project, [source]), project)
     assert local.read_bytes() == BODY, "a local source is copied, never moved"
 
 
 def test_broken_transfer_is_resumed(project: Path, serve) -> None:
     broken_at = 300_000
     mirror = serve(break_after=broken_at)
-    result = run_stage(project, [mirror.url()])
+    result = fetch(project, [mirror.url()])
     assert_fetched(result, project)
     assert len(mirror.requests) == 2, mirror.requests
     assert mirror.requests[0] == (f"/{NAME}", None, 200)
@@ -210,7 +196,7 @@ def test_broken_transfer_is_resumed(project: Path, serve) -> None:
 
 def test_server_ignoring_range_restarts_from_zero(project: Path, serve) -> None:
     mirror = serve(break_after=300_000, honour_range=False)
-    result = run_stage(project, [mirror.url()])
+    result = fetch(project, [mirror.url()])
     assert_fetched(result, project)
     assert len(mirror.requests) == 2, mirror.requests
     _, requested, status = mirror.requests[1]
@@ -220,5 +206,5 @@ def test_server_ignoring_range_restarts_from_zero(project: Path, serve) -> None:
 
 def test_transfer_that_always_breaks_gives_up(project: Path, serve) -> None:
     flaky = serve(break_after=0, break_every_time=True)  # headers, then nothing
-    assert_fails(run_stage(project, [flaky.url()]), project, flaky.url())
+    assert_fails(fetch(project, [flaky.url()]), project, flaky.url())
     assert 2 <= len(flaky.requests) <= 5, "retried a few times, then moved on"

@@ -3,22 +3,18 @@ BatchNormalization kept in inference mode, preprocessing inside the saved model.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
-from stages.common import StageError, load_params
-from tests.conftest import ROOT, write_legacy_weights
-
-keras = pytest.importorskip("keras")
-from stages.model import (  # noqa: E402
-    build_backbone,
-    build_model,
-    load_model,
-    set_phase,
-)
+from stages.errors import StageError
+from stages.network import build_backbone, build_model, load_model, set_phase
+from stages.params import load_params
+from tests.conftest import ROOT, photo_pixels, write_legacy_weights
 
 SIZE = 96
 
@@ -55,24 +51,46 @@ def file_tensors(path: Path) -> dict[str, list[np.ndarray]]:
     return tensors
 
 
+def drawn_images(sample_dir: Path, count: int) -> np.ndarray:
+    """`count` drawn photos of both classes as raw 0-255 float32 pixels at SIZE px."""
+    photos = sorted((sample_dir / "train").glob("*.jpg"))[1::3][:count]
+    return np.stack([photo_pixels(photo, SIZE) for photo in photos])
+
+
 def test_backbone_names_are_case_and_underscore_insensitive():
     assert build_backbone(mobilenet_params(backbone="MobileNet")).name.startswith("mobilenet")
     assert build_backbone(mobilenet_params(backbone="inception_v3", image_size=75,
                                            alpha=1.0)).name == "inception_v3"
 
 
-@pytest.mark.parametrize(("overrides", "key", "suggestion"), [
-    ({"backbone": "mobilnet"}, "backbone", "MobileNet"),
-    ({"backbone": "inceptionv4"}, "backbone", "InceptionV3"),
-    ({"cut_layer": "conv_pw_13_rel"}, "cut_layer", "conv_pw_13_relu"),
-    ({"unfreeze_after": "mixed6"}, "unfreeze_after", "conv_"),
-])
+# The names each message offers, best first, as difflib ranks them (n=5, cutoff 0.5).
+MOBILENET_FIRST_LAYERS = r"input_layer(_\d+)?, conv1, conv1_bn, conv1_relu, conv_dw_1, \.\.\."
+
+
+@pytest.mark.parametrize(("overrides", "key", "closest"), [
+    ({"backbone": "mobilnet"}, "backbone", "MobileNet, MobileNetV2, "),
+    ({"backbone": "inceptionv4"}, "backbone", "InceptionV3, "),
+    ({"cut_layer": "conv_pw_13_rel"}, "cut_layer",
+     "conv_pw_13_relu, conv_pw_3_relu, conv_pw_1_relu, conv_pw_12_relu, conv_pw_11_relu"),
+    ({"unfreeze_after": "conv_pw_11_rleu"}, "unfreeze_after",
+     "conv_pw_11_relu, conv_pw_1_relu, conv_pw_13_relu, conv_pw_12_relu, conv_pw_10_relu"),
+    # An InceptionV3 name resembles no MobileNet layer: the message lists the first ones.
+    ({"unfreeze_after": "mixed6"}, "unfreeze_after", MOBILENET_FIRST_LAYERS),
+], ids=["backbone-typo", "backbone-version", "cut-typo", "unfreeze-swap", "unfreeze-none-close"])
 def test_unknown_names_fail_with_the_closest_valid_ones(random_mobilenet_file, overrides, key,
-                                                       suggestion):
+                                                       closest):
     with pytest.raises(StageError) as error:
         build_model(mobilenet_params(**overrides), random_mobilenet_file, fine_tune=True)
     message = str(error.value)
-    assert message.startswith(f"{key}:") and suggestion in message and "\n" not in message
+    assert "\n" not in message
+    assert message.startswith(f"{key}: "), message
+    offered = message.partition("; closest: ")[2]
+    if closest is MOBILENET_FIRST_LAYERS:
+        assert re.fullmatch(closest, offered), message
+    elif key == "backbone":  # keras.applications grows: only the best matches are pinned
+        assert offered.startswith(closest), message
+    else:
+        assert offered == closest, message
 
 
 def test_unfreeze_after_above_cut_layer_is_refused(random_mobilenet_file):
@@ -124,34 +142,36 @@ def test_weights_that_do_not_fit_fail_with_one_line(random_mobilenet_file, tmp_p
         assert "mismatch" in message.lower()
 
 
-def test_batchnorm_statistics_and_frozen_part_stay_fixed_while_fine_tuning(mobilenet_weights):
-    # Real ImageNet weights: with random ones the ReLU6 activations saturate and no
-    # gradient reaches the trainable part, so the test could not see it being trained.
-    model = build_model(mobilenet_params(), mobilenet_weights, fine_tune=True)
+def test_batchnorm_statistics_and_frozen_part_stay_fixed_while_fine_tuning(
+        mobilenet_random_weights, sample_dir):
+    # BatchNormalization calibrated on the drawn photos keeps the activations from
+    # saturating (plain random statistics would): gradients reach the trainable part.
+    keras.utils.set_random_seed(0)
+    model = build_model(mobilenet_params(), mobilenet_random_weights, fine_tune=True)
     trainable_base = model.get_layer("trainable_base")
     batchnorms = [layer for layer in trainable_base.layers
                   if isinstance(layer, keras.layers.BatchNormalization)]
     assert batchnorms and not any(layer.trainable for layer in batchnorms)
-    assert any(layer.trainable_weights for layer in trainable_base.layers)
-    moving = [np.asarray(w) for layer in batchnorms
-              for w in (layer.moving_mean, layer.moving_variance)]
-    frozen_before = [np.asarray(w) for w in model.get_layer("frozen_base").weights]
-    tuned_before = [np.asarray(w) for w in trainable_base.trainable_weights]
+    # Every other weight of the trainable part: the kernels fine-tuning is for.
+    tuned = [w for layer in trainable_base.layers if layer not in batchnorms for w in layer.weights]
+    fixed = {"frozen_base": model.get_layer("frozen_base").weights,
+             "trainable_base batchnorm": [w for layer in batchnorms for w in layer.weights]}
+    assert tuned and all(fixed.values())
+    fixed_before = {part: [np.asarray(w) for w in weights] for part, weights in fixed.items()}
+    tuned_before = [np.asarray(w) for w in tuned]
 
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
-    model.fit(images, rng.integers(0, 2, (8, 1)).astype("float32"), epochs=2, verbose=0)
+    images = drawn_images(sample_dir, 16)
+    labels = np.array([[float(i % 2)] for i in range(len(images))], dtype="float32")
+    model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
 
-    for before, layer_weight in zip(moving, [w for layer in batchnorms
-                                             for w in (layer.moving_mean, layer.moving_variance)],
-                                    strict=True):
-        np.testing.assert_array_equal(before, np.asarray(layer_weight))
-    for before, weight in zip(frozen_before, model.get_layer("frozen_base").weights, strict=True):
-        np.testing.assert_array_equal(before, np.asarray(weight))
-    changed = [not np.array_equal(before, np.asarray(weight))
-               for before, weight in zip(tuned_before, trainable_base.trainable_weights,
-                                         strict=True)]
-    assert any(changed), "fine-tuning changed no weight of the trainable part"
+    # Moving statistics included: BatchNormalization ran in inference mode.
+    for part, weights in fixed.items():
+        for before, weight in zip(fixed_before[part], weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(weight), before, err_msg=weight.path)
+    # Not vacuous: every kernel of the trainable part moved, the first one too.
+    unchanged = [weight.path for before, weight in zip(tuned_before, tuned, strict=True)
+                 if np.array_equal(before, np.asarray(weight))]
+    assert not unchanged, f"fine-tuning left these weights unchanged: {unchanged}"
 
 
 def test_head_phase_trains_only_the_head(random_mobilenet_file):
@@ -174,14 +194,22 @@ def test_preprocessing_scales_raw_pixels(random_mobilenet_file, mode, low, high)
 
 
 @pytest.mark.parametrize("head", ["flatten", "gap"])
-def test_saved_model_predicts_the_same_after_loading(random_mobilenet_file, tmp_path, head):
+def test_saved_model_predicts_the_same_after_loading(mobilenet_random_weights, sample_dir,
+                                                     tmp_path, head):
+    # Calibrated random weights and drawn photos: predictions differ from photo to photo,
+    # so a loaded model with other weights than the saved one cannot predict the same.
+    keras.utils.set_random_seed(0)
     params = mobilenet_params(head=head, preprocessing="backbone", augment_flip=True,
                               augment_rotation=0.1, augment_zoom=0.1)
-    model = build_model(params, random_mobilenet_file, fine_tune=True)
-    images = np.random.default_rng(1).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    model = build_model(params, mobilenet_random_weights, fine_tune=True)
+    images = drawn_images(sample_dir, 8)
     expected = model.predict(images, verbose=0)
+    assert np.ptp(expected) > 0.05, f"predictions barely depend on the image: {expected.ravel()}"
     # Augmentation is off outside training: two predictions agree.
     np.testing.assert_array_equal(expected, model.predict(images, verbose=0))
     model.save(tmp_path / "model.keras")
-    np.testing.assert_allclose(load_model(tmp_path / "model.keras").predict(images, verbose=0),
-                               expected, atol=1e-6)
+
+    loaded = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
+    for saved, restored in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(restored), np.asarray(saved), err_msg=saved.path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import PARAM_SPEC, load_params
+from stages.params import PARAM_SPEC, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

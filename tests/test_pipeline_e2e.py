@@ -1,9 +1,10 @@
 """The whole DAG with real DVC in a temporary git repo, offline.
 
-Kaggle is a loopback server that the real kaggle client talks to; the weights come
-from a loopback HTTP server serving an InceptionV3 notop file with random weights
-in the real file's legacy HDF5 layout. Small images, few photos and one epoch keep
-it to a few minutes; it checks the plumbing, not the accuracy.
+Kaggle is a loopback server that the real kaggle client talks to, serving a bundle
+of drawn photos (conftest's `sample_dir`); the weights come from a loopback HTTP
+server serving an InceptionV3 notop file with random weights in the real file's
+legacy HDF5 layout. Small images, few photos and one epoch keep it to a few minutes;
+it checks the plumbing, not the accuracy.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import re
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from scripts.demo import copy_project
-from tests.conftest import md5, stage_env
+from tests.conftest import dvc, md5, ran_stages, serving, stage_env
 from tests.kaggle_server import KaggleServer, build_competition_bundle
 
 # Made at run time, so no file of the project holds it unless the pipeline wrote it there.
@@ -32,53 +32,31 @@ OUTS = [
 ]
 
 
-def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
-def dvc(project: Path, env: dict[str, str], *args: str, ok: bool = True):
-    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True,
-                            timeout=900)
-    if ok:
-        assert result.returncode == 0, (
-            f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def pipeline(sample_dir, inception_weights, tmp_path_factory):
     """A project copy that has run `dvc repro` once, with its servers still up."""
-    import functools
-    import http.server
-    import threading
-
     root = tmp_path_factory.mktemp("e2e")
     bundle = build_competition_bundle(sample_dir, root / "bundle", per_class=60, test_images=10)
     served = root / "served"
     served.mkdir()
     shutil.copy(inception_weights, served / inception_weights.name)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    weights_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=weights_server.serve_forever, daemon=True).start()
-    weights_url = f"http://127.0.0.1:{weights_server.server_port}/{inception_weights.name}"
-
     project = root / "project"
     project.mkdir()
-    copy_project(project, {
-        # A dead mirror first: fetch_weights must fall back to the next one.
-        "weights_urls": ["http://127.0.0.1:9/unreachable.h5", weights_url],
-        "weights_hash": f"md5:{md5(inception_weights)}",
-        "image_size": 75,  # InceptionV3's minimum
-        "batch_size": 16,
-        "epochs": 1,
-    })
     kaggle_config = root / "kaggle-config"
     kaggle_config.mkdir()
-    with KaggleServer(bundle, key=PLANTED_KEY) as kaggle:
+    with serving(served) as weights_base, KaggleServer(bundle, key=PLANTED_KEY) as kaggle:
+        copy_project(project, {
+            # A dead mirror first: fetch_weights must fall back to the next one.
+            "weights_urls": ["http://127.0.0.1:9/unreachable.h5",
+                             f"{weights_base}/{inception_weights.name}"],
+            "weights_hash": f"md5:{md5(inception_weights)}",
+            "image_size": 75,  # InceptionV3's minimum
+            "batch_size": 16,
+            "epochs": 1,
+        })
         env = stage_env(**kaggle.env(), KAGGLE_CONFIG_DIR=str(kaggle_config))
         first = dvc(project, env, "repro")
         yield project, env, kaggle, first
-    weights_server.shutdown()
 
 
 def test_repro_builds_every_declared_output(pipeline):

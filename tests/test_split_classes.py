@@ -1,4 +1,4 @@
-"""Tests of stages/split_classes.py: small train.zip archives built from real photos.
+"""Tests of stages/split_classes.py: small train.zip archives built from drawn photos.
 
 Each test writes data/raw/train.zip in a project folder and runs the stage as DVC
 does (`python -m stages.split_classes`). Archives the stage must refuse are checked
@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import stat
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from stages.split_classes import MAX_EXPANSION, SMALL_ENTRY
+from tests.conftest import assert_stage_error, run_stage, write_params
+
 TRAIN_ZIP = "data/raw/train.zip"
 Entry = tuple[str | zipfile.ZipInfo, bytes]
 
 
 @pytest.fixture(scope="module")
 def photos(sample_dir: Path) -> dict[str, bytes]:
-    """A few real photos, by their Kaggle name."""
+    """A few drawn photos, by their Kaggle name (cat.2.jpg and dog.2.jpg are PNG files)."""
     return {f"{label}.{n}.jpg": (sample_dir / "train" / f"{label}.{n}.jpg").read_bytes()
             for label in ("cat", "dog") for n in range(3)}
 
@@ -41,10 +40,8 @@ def project(tmp_path: Path) -> Path:
     return project
 
 
-def write_params(project: Path, **changes: object) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(changes)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+def split(project: Path) -> subprocess.CompletedProcess:
+    return run_stage("split_classes", project, timeout=120)
 
 
 def write_zip(project: Path, entries: Iterable[Entry],
@@ -60,12 +57,6 @@ def good_entries(photos: dict[str, bytes]) -> list[Entry]:
     return [(f"train/{name}", data) for name, data in photos.items()]
 
 
-def run_stage(project: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "stages.split_classes"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def extracted(project: Path) -> dict[str, bytes]:
     """"label/name" -> bytes of everything under data/train."""
     root = project / "data" / "train"
@@ -79,12 +70,7 @@ def report(project: Path) -> dict:
 
 def assert_refused(result: subprocess.CompletedProcess, project: Path, *hints: str) -> str:
     """Exit 1, one `error:` line with every hint, no traceback, and no output at all."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith("error: "), result.stderr
-    for hint in hints:
-        assert hint in last, last
+    last = assert_stage_error(result, *hints)
     assert sorted(path.name for path in (project / "data").iterdir()) == ["raw"], \
         "no data/train and no staging folder"
     assert not (project / "metrics" / "data.json").exists()
@@ -102,7 +88,7 @@ def test_good_archive(project: Path, photos: dict[str, bytes]) -> None:
         ("train/catalog.jpg", photos["cat.0.jpg"]),  # "cat" but not "cat.<id>."
         ("__MACOSX/train/._cat.0.jpg", b"resource fork"),
     ], zipfile.ZIP_DEFLATED)
-    result = run_stage(project)
+    result = split(project)
     assert result.returncode == 0, result.stderr
     assert extracted(project) == {
         f"{name.split('.')[0]}/{name}": data for name, data in photos.items()
@@ -119,7 +105,7 @@ def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, by
     (stale / "bird" / "bird.1.jpg").write_bytes(photos["dog.0.jpg"])
     kept = {name: data for name, data in photos.items() if name != "dog.2.jpg"}
     write_zip(project, good_entries(kept))
-    assert run_stage(project).returncode == 0
+    assert split(project).returncode == 0
     assert sorted(extracted(project)) == sorted(
         f"{name.split('.')[0]}/{name}" for name in kept)
     assert report(project)["images"] == {"cat": 3, "dog": 2}
@@ -164,14 +150,32 @@ REFUSED: dict[str, tuple[Callable[[dict[str, bytes]], list[Entry]], str]] = {
 def test_refused_archive(project: Path, photos: dict[str, bytes], case: str) -> None:
     entries, hint = REFUSED[case]
     write_zip(project, entries(photos))
-    assert_refused(run_stage(project), project, hint)
+    assert_refused(split(project), project, hint)
 
 
 def test_zip_bomb(project: Path, photos: dict[str, bytes]) -> None:
     archive = write_zip(project, [*good_entries(photos), *zip_bomb()], zipfile.ZIP_DEFLATED)
     assert archive.stat().st_size < 1 << 20  # under the 1 MiB floor of the whole-archive check
-    assert_refused(run_stage(project), project, "'train/cat.100.jpg' claims to expand",
+    assert_refused(split(project), project, "'train/cat.100.jpg' claims to expand",
                    "50,000,000 bytes")
+
+
+def test_archive_expanding_too_much_in_all_is_refused(project: Path,
+                                                       photos: dict[str, bytes]) -> None:
+    # Every entry passes the per-entry check (no more than SMALL_ENTRY, 1 MiB, each), but
+    # together they claim over MAX_EXPANSION (50) times the archive: the whole-archive check.
+    filler = [(f"train/cat.{1000 + n}.jpg", bytes(SMALL_ENTRY)) for n in range(MAX_EXPANSION + 10)]
+    archive = write_zip(project, [*good_entries(photos), *filler], zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(archive) as opened:
+        infos = opened.infolist()
+    assert all(info.file_size <= max(MAX_EXPANSION * info.compress_size, SMALL_ENTRY)
+               for info in infos), "an entry would trip the per-entry check first"
+    total = sum(info.file_size for info in infos)
+    assert archive.stat().st_size < SMALL_ENTRY < total / MAX_EXPANSION
+    line = assert_refused(split(project), project,
+                          f"data/raw/train.zip claims to expand to {total:,} bytes",
+                          f"over {MAX_EXPANSION}x its size")
+    assert "entry" not in line
 
 
 @pytest.mark.parametrize("kind", ["not-a-zip", "truncated"])
@@ -182,11 +186,11 @@ def test_not_a_zip(project: Path, photos: dict[str, bytes], kind: str) -> None:
     else:
         write_zip(project, good_entries(photos))
         archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    assert_refused(run_stage(project), project, "is not a zip archive", "dvc repro -f fetch_data")
+    assert_refused(split(project), project, "is not a zip archive", "dvc repro -f fetch_data")
 
 
 def test_missing_archive(project: Path) -> None:
-    assert_refused(run_stage(project), project, "not found", "dvc repro fetch_data")
+    assert_refused(split(project), project, "not found", "dvc repro fetch_data")
 
 
 def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
@@ -196,7 +200,7 @@ def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
     at = data.index(photos["dog.1.jpg"]) + len(photos["dog.1.jpg"]) // 2
     data[at] ^= 0xFF
     archive.write_bytes(bytes(data))
-    assert_refused(run_stage(project), project, "cannot read entry 'train/dog.1.jpg'")
+    assert_refused(split(project), project, "cannot read entry 'train/dog.1.jpg'")
 
 
 def test_failed_run_leaves_no_stale_output(project: Path, photos: dict[str, bytes]) -> None:
@@ -206,7 +210,7 @@ def test_failed_run_leaves_no_stale_output(project: Path, photos: dict[str, byte
     (project / "metrics").mkdir()
     (project / "metrics" / "data.json").write_text("{}")
     write_zip(project, [("train/../cat.0.jpg", b"x")])
-    assert_refused(run_stage(project), project, "would be written outside")
+    assert_refused(split(project), project, "would be written outside")
 
 
 # --- unreadable images --------------------------------------------------------------
@@ -219,12 +223,13 @@ def image_bytes(jpeg: bytes, fmt: str, mode: str) -> bytes:
 
 
 def mixed_entries(photos: dict[str, bytes]) -> list[Entry]:
-    """The 6 good photos, 2 odd but readable images, 3 unreadable ones."""
+    """The 6 good photos (2 of them PNG named .jpg), 2 more odd but readable images, 3
+    unreadable ones."""
     return [
         *good_entries(photos),
         ("train/cat.3.jpg", image_bytes(photos["cat.0.jpg"], "PNG", "RGB")),  # PNG named .jpg
         ("train/cat.4.jpg", image_bytes(photos["cat.1.jpg"], "JPEG", "L")),  # grayscale
-        ("train/cat.5.jpg", photos["cat.2.jpg"][: len(photos["cat.2.jpg"]) // 2]),  # truncated
+        ("train/cat.5.jpg", photos["cat.1.jpg"][: len(photos["cat.1.jpg"]) // 2]),  # truncated
         ("train/cat.6.jpg", b""),
         ("train/dog.7.jpg", b"this is text, not a JPEG\n"),
     ]
@@ -234,7 +239,7 @@ def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[st
     write_params(project, max_unreadable_fraction=0.3)  # 3 of 11 is 27%
     entries = mixed_entries(photos)
     write_zip(project, entries)
-    result = run_stage(project)
+    result = split(project)
     assert result.returncode == 0, result.stderr
 
     readable = {name.removeprefix("train/"): data for name, data in entries[:8]}
@@ -255,5 +260,5 @@ def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[st
 def test_too_many_unreadable_images_fail(project: Path, photos: dict[str, bytes]) -> None:
     write_params(project, max_unreadable_fraction=0.25)
     write_zip(project, mixed_entries(photos))
-    assert_refused(run_stage(project), project, "3 of 11 images (27.3%) are unreadable",
+    assert_refused(split(project), project, "3 of 11 images (27.3%) are unreadable",
                    "max_unreadable_fraction 0.25")

@@ -1,4 +1,4 @@
-"""The Keras side of the pipeline: backbone, image datasets and the model.
+"""The network: any keras.applications backbone, cut, split and given a new head.
 
 The model is built from named parts so that the data flow can change without a
 rewrite (for instance, running `frozen_base` once per image and caching its
@@ -24,26 +24,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import os
-import random
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter short
-
 import keras
 import numpy as np
-import tensorflow as tf
 
-from stages.common import CLASS_NAMES, StageError
+from stages.errors import StageError
 
 # keras.applications names by their normalised form: "inception_v3" -> "InceptionV3".
 BACKBONES = {
     name.lower(): name for name in dir(keras.applications) if name[:1].isupper()
 }
-Sample = tuple[str, int]  # (image path, label: index in CLASS_NAMES)
 
 
 def _normalise(name: str) -> str:
@@ -214,124 +207,15 @@ def load_model(model_file: Path) -> keras.Model:
                          "run `dvc repro -f train`") from None
 
 
-# --- data -------------------------------------------------------------------
-
-def split_files(train_dir: Path, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Split each class folder into train and validation files, the same way every time.
-
-    The split is stratified (each class loses the same fraction to validation) and
-    depends only on the file names, `val_split` and `seed`, so train and evaluate
-    see the same validation images.
-    """
-    rng = random.Random(seed)
-    train: list[Sample] = []
-    validation: list[Sample] = []
-    for label, name in enumerate(CLASS_NAMES):
-        folder = train_dir / name
-        if not folder.is_dir():
-            raise StageError(f"{folder} not found: run `dvc repro split_classes` first")
-        files = sorted(str(path) for path in folder.iterdir() if path.is_file())
-        rng.shuffle(files)
-        held_out = round(len(files) * val_split)
-        if held_out == 0 or held_out == len(files):
-            empty = "validation" if held_out == 0 else "training"
-            raise StageError(f"val_split: {val_split} leaves no {empty} images "
-                             f"of the {len(files)} in {folder}")
-        validation += [(path, label) for path in files[:held_out]]
-        train += [(path, label) for path in files[held_out:]]
-    rng.shuffle(train)
-    return train, validation
+def model_image_size(model: keras.Model, model_file: Path) -> int:
+    """The square image size the model takes: what it was trained with."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise StageError(f"{model_file} takes input of shape {shape}, not square RGB images")
+    return int(shape[1])
 
 
-def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decode JPEG/PNG/GIF/BMP bytes as RGB and resize them (bilinear, as
-    image_dataset_from_directory does) to uint8 pixels, 4x smaller to cache than float32.
-    The model takes these pixels as they are: its first layers do the preprocessing."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.saturate_cast(tf.round(tf.image.resize(image, (image_size, image_size))), tf.uint8)
-
-
-def decode_error(data: bytes) -> str:
-    """"" if `data` decodes as an image (what `decode_image` will do), else the reason it
-    cannot, as one short line."""
-    if not data:
-        return "empty file"
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.OpError as error:
-        # Drop TensorFlow's "{{function_node ...}}" prefix and " [Op:DecodeImage]" suffix.
-        message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\].*$", "", error.message or "").strip()
-        return " ".join(message.split()) or "cannot be decoded"
-    return ""
-
-
-def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    return decode_image(tf.io.read_file(path), image_size)
-
-
-def load_images(samples: list[Sample], image_size: int) -> np.ndarray:
-    """Decode and resize every image once, in parallel, into one uint8 array.
-
-    Epochs, validation and evaluation then reuse these pixels instead of decoding
-    each JPEG again (decoding is about half the time of a naive run on 2 cores).
-    20,000 images at 150 px take 1.35 GB.
-    """
-    paths = tf.data.Dataset.from_tensor_slices([path for path, _ in samples])
-    images = paths.map(lambda path: load_image(path, image_size),
-                       num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    batches = list(images.as_numpy_iterator())
-    return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), "uint8")
-
-
-def labels_of(samples: list[Sample]) -> np.ndarray:
-    return np.array([[label] for _, label in samples], dtype=np.float32)
-
-
-class EpochBatches(keras.utils.PyDataset):
-    """Shuffled training batches of epochs `first_epoch`, `first_epoch` + 1, ... as one
-    endless stream, each epoch's order a function of (seed, epoch) alone.
-
-    Batch i is batch i % steps of epoch first_epoch + i // steps. Given to `fit` with
-    `steps_per_epoch=steps`, it is read through one iterator across epochs, so the
-    read-ahead cannot mix epochs up, and a run resumed at epoch k sees exactly the
-    batches an uninterrupted run saw there.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
-        super().__init__()  # one worker, no processes: batches are made in order
-        self.images, self.labels = images, labels
-        self.batch_size, self.seed = batch_size, seed
-        self.steps = -(-len(images) // batch_size)
-        self.first_epoch = 0
-        self._order_epoch, self._order = -1, np.arange(len(images))
-
-    @property
-    def num_batches(self) -> None:
-        return None  # endless: fit's steps_per_epoch marks the epochs
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, step = divmod(index, self.steps)
-        epoch += self.first_epoch
-        if epoch != self._order_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order, self._order_epoch = rng.permutation(len(self.images)), epoch
-        batch = self._order[step * self.batch_size:(step + 1) * self.batch_size]
-        return self.images[batch].astype(np.float32), self.labels[batch]
-
-
-class EpochRandomness(keras.callbacks.Callback):
-    """Makes each epoch's dropout and augmentation draws a function of its number
-    alone: Keras does not save their seed states with the weights, so without this
-    a resumed run would draw differently from an uninterrupted one."""
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        for state in self.model.variables:
-            if state.path.endswith("seed_generator_state"):  # [seed, counter]
-                seed = np.asarray(state)[0]
-                state.assign(np.array([seed, epoch << 20], dtype=state.dtype))
-
-
-def set_determinism(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow, and ask TensorFlow for deterministic ops."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+def dog_probability(model: keras.Model, images: Any) -> np.ndarray:
+    """P(dog) for a batch of raw 0-255 float32 pixels, as a flat float64 array."""
+    # predict_on_batch runs the compiled predict step without building a dataset per call.
+    return np.asarray(model.predict_on_batch(images)).reshape(-1).astype(np.float64)

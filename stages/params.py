@@ -1,61 +1,26 @@
-"""Shared, TensorFlow-free helpers for the stage scripts: params, errors, files.
+"""params.yaml: read it as DVC does, and check every key before any work starts.
 
-Everything a stage leaves at a declared output path is cached by DVC as good, so
-outputs are written to a temporary sibling and renamed into place only once they
-are complete (`atomic_output`), and every expected failure is a `StageError`
-whose one-line message `run` prints instead of a traceback.
+DVC reads and writes params.yaml as YAML 1.2 with ruamel.yaml (`dvc exp run
+-S lr=1e-4` writes `lr: 1e-4`, a float in YAML 1.2 and a string in PyYAML's
+YAML 1.1); the stages read it with the same library, which also refuses a key
+written twice (PyYAML would silently keep the second).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-PARAMS_FILE = Path("params.yaml")
+from stages.errors import StageError
+from stages.paths import PARAMS_FILE
 
-# Where the stages read and write; dvc.yaml declares the same paths.
-RAW_DIR = Path("data/raw")
-TRAIN_ZIP = RAW_DIR / "train.zip"
-TEST_ZIP = RAW_DIR / "test.zip"
-SAMPLE_SUBMISSION = RAW_DIR / "sample_submission.csv"
-TRAIN_DIR = Path("data/train")
-DATA_REPORT = Path("metrics/data.json")
-WEIGHTS_FILE = Path("models/backbone_notop.h5")
-MODEL_FILE = Path("models/model.keras")
-SUBMISSION_FILE = Path("data/submission.csv")
-CLASS_NAMES = ("cat", "dog")  # label 0 and 1: the competition scores P(dog)
-
-
-class StageError(Exception):
-    """An expected failure, reported to the user as one line that says what to fix."""
-
-
-def run(main: Callable[[], None], error_status: int = 1) -> None:
-    """Run a stage's `main`, turning a `StageError` into a one-line message and
-    `error_status` (a command may keep 1 for something else, as predict does)."""
-    try:
-        main()
-    except StageError as error:
-        # One line, whatever the message holds: callers and CI read stderr's last line.
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(error_status)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-# --- params -----------------------------------------------------------------
 
 def _positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
@@ -157,91 +122,25 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where `1e-4` is a string; DVC writes YAML 1.2, where it
-    is a float (`dvc exp run -S lr=1e-4` writes exactly that). Read floats as 1.2 does.
-
-    PyYAML also keeps the last of two equal keys, so an edit of the first `lr:` would
-    be silently ignored; DVC's own YAML reader refuses duplicates, and so does this one."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                    continue
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key '{key_node.value}' appears twice", key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """Read and validate params.yaml, so a typo fails before any download or training."""
     try:
-        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+        params = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StageError(f"{path} not found: run the stage from the project root") from None
     except (OSError, UnicodeDecodeError) as error:
         raise StageError(f"cannot read {path}: {error}") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise StageError(f"{path} is not valid YAML: {_describe_yaml_error(error)}") from None
     return validate_params(params, path)
 
 
-def _describe_yaml_error(error: yaml.YAMLError) -> str:
-    """"what (line N)": PyYAML's own text spreads over several lines."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+def _describe_yaml_error(error: YAMLError) -> str:
+    """"what (line N)": the library's own text spreads over several lines."""
+    if isinstance(error, MarkedYAMLError) and error.problem:
         mark = error.problem_mark or error.context_mark
         return error.problem + (f" (line {mark.line + 1})" if mark else "")
     return str(error).splitlines()[0] if str(error) else error.__class__.__name__
-
-
-# --- files ------------------------------------------------------------------
-
-@contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it to `final` only if the block succeeds.
-
-    The temporary path sits in the same folder, so the rename is atomic and a
-    crash leaves either the old output or none, never a partial one.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the extension: some writers insist on it (Keras wants ".keras").
-    handle, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}",
-                                    dir=final.parent)
-    os.close(handle)
-    temporary = Path(name)
-    temporary.unlink()  # the caller creates it, as a file or a folder
-    try:
-        yield temporary
-        remove(final)
-        temporary.replace(final)
-    finally:
-        remove(temporary)
-
-
-def remove(path: Path) -> None:
-    """Delete a file or folder if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def parse_hash(spec: str) -> tuple[str, str]:
@@ -260,12 +159,3 @@ def parse_hash(spec: str) -> tuple[str, str]:
         raise StageError(f"weights_hash: a {algorithm} digest is {2 * digest_size} hex digits, "
                          f"got {expected!r}")
     return algorithm, expected
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

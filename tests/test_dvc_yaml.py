@@ -1,0 +1,225 @@
+"""dvc.yaml and the code agree, so that DVC's cache is right about what changed.
+
+- Each stage's deps list every project module whose code can change its outputs:
+  the modules its script imports, directly or through other modules, found by
+  reading the code (a static scan, imports inside functions included), less the
+  exemptions below. Otherwise an edit there reruns nothing and DVC keeps serving
+  outputs the new code would not produce.
+- Each path a stage reads or writes is a constant of stages/paths.py, and the
+  paths dvc.yaml declares are those constants.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from stages import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "stages"
+
+# Modules a stage imports that cannot change its outputs: dvc.yaml leaves them out of
+# the stage's deps, so that editing them reruns nothing (above all, no download).
+# The one list of exemptions, each with its reason.
+EXEMPT_EVERYWHERE = {
+    "stages/__init__.py": "silences TensorFlow's start-up log lines; computes nothing",
+    "stages/errors.py": "turns a failure into one `error:` line; a failed stage leaves no output",
+    "stages/params.py": "reads and checks params.yaml; the values a stage uses are tracked "
+                        "by DVC itself, under the stage's `params:`",
+    "stages/paths.py": "names the paths, which dvc.yaml declares too (tied by the tests "
+                       "below): moving an output changes dvc.yaml, and so the stage",
+    "stages/progress.py": "prints progress lines on stderr; computes nothing",
+}
+EXEMPT_FOR_STAGE = {
+    ("fetch_data", "stages/network.py"):
+        "checks backbone and layer names before the download, so a typo fails in seconds; "
+        "the downloaded data does not depend on the model",
+    ("fetch_weights", "stages/network.py"):
+        "checks backbone and layer names before the download; the file is pinned by "
+        "weights_hash, not by the model code",
+}
+# Paths of stages/paths.py that DVC does not track, and why.
+UNTRACKED_PATHS = {
+    paths.PARAMS_FILE: "DVC reads it itself, key by key, under each stage's `params:`",
+    paths.DOWNLOAD_DIR: "scratch: the kaggle client resumes a broken download from it",
+    paths.BACKUP_DIR: "scratch: a killed training resumes from it",
+}
+
+
+def dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> str:
+    """"stages.network" -> "stages/network.py"; "stages" -> "stages/__init__.py"."""
+    parts = name.split(".")
+    if (ROOT.joinpath(*parts) / "__init__.py").is_file():
+        return "/".join([*parts, "__init__.py"])
+    return "/".join(parts) + ".py"
+
+
+def imported_modules(file: str) -> set[str]:
+    """Project modules `file` imports anywhere in it, as files, with the package's
+    __init__.py (Python runs it before any module of the package)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((ROOT / file).read_text(), file)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module == PACKAGE:  # from stages import network
+                names += [f"{PACKAGE}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name == PACKAGE or name.startswith(f"{PACKAGE}."):
+                found.add(module_file(PACKAGE))
+                if (ROOT / module_file(name)).is_file():
+                    found.add(module_file(name))
+    return found - {file}
+
+
+def stage_script(stage: dict) -> str:
+    match = re.fullmatch(r"python -m ([\w.]+)", stage["cmd"].strip())
+    assert match, f"stage command is not `python -m <module>`: {stage['cmd']}"
+    return module_file(match.group(1))
+
+
+def required_modules(name: str, stage: dict) -> set[str]:
+    """Every project module the stage's script reaches through imports, less exemptions
+    (whose own imports are not followed: they are reached only through them)."""
+    script = stage_script(stage)
+    required, queue = {script}, [script]
+    while queue:
+        for module in imported_modules(queue.pop()):
+            exempt = module in EXEMPT_EVERYWHERE or (name, module) in EXEMPT_FOR_STAGE
+            if not exempt and module not in required:
+                required.add(module)
+                queue.append(module)
+    return required
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {dep for dep in stage.get("deps", []) if dep.endswith(".py")}
+
+
+def dependency_errors(stages: dict[str, dict]) -> list[str]:
+    errors = []
+    for name, stage in stages.items():
+        required, declared = required_modules(name, stage), code_deps(stage)
+        errors += [f"{name}: dvc.yaml misses dep {m}" for m in sorted(required - declared)]
+        errors += [f"{name}: dvc.yaml lists {m}, which the stage does not import"
+                   for m in sorted(declared - required)]
+    return errors
+
+
+def test_every_stage_depends_on_exactly_the_modules_it_imports():
+    assert dependency_errors(dvc_stages()) == []
+
+
+def test_removing_any_module_from_deps_is_caught():
+    # The check above is not vacuous: each module dep it wants is really checked.
+    stages = dvc_stages()
+    checked = 0
+    for name, stage in stages.items():
+        for dep in sorted(code_deps(stage)):
+            broken = copy.deepcopy(stages)
+            broken[name]["deps"].remove(dep)
+            assert f"{name}: dvc.yaml misses dep {dep}" in dependency_errors(broken)
+            checked += 1
+    assert checked >= 2 * len(stages)
+
+
+def test_the_scan_follows_imports_inside_functions_and_through_modules():
+    # fetch_data imports network inside main() (exempt); split_classes reaches
+    # labels.py directly and images.py inside main(); train reaches labels.py only
+    # through dataset.py.
+    assert "stages/network.py" in imported_modules("stages/fetch_data.py")
+    assert "stages/images.py" in imported_modules("stages/split_classes.py")
+    assert "stages/labels.py" not in imported_modules("stages/train.py")
+    assert "stages/labels.py" in required_modules("train", dvc_stages()["train"])
+
+
+def test_model_code_is_not_a_dependency_of_the_data_stages():
+    # An edit of the network must not rerun split_classes, or download anything again.
+    stages = dvc_stages()
+    for name in ("fetch_data", "split_classes", "fetch_weights"):
+        assert "stages/network.py" not in code_deps(stages[name]), name
+        assert "stages/training.py" not in code_deps(stages[name]), name
+
+
+def test_every_exemption_is_a_module_some_stage_imports():
+    stages = dvc_stages()
+    reached = set().union(*(imported_modules(file) for file in
+                            {stage_script(stage) for stage in stages.values()}
+                            | {f"stages/{path.name}" for path in (ROOT / "stages").glob("*.py")}))
+    for module in EXEMPT_EVERYWHERE:
+        assert module in reached, f"stale exemption {module}"
+    for name, module in EXEMPT_FOR_STAGE:
+        assert module in imported_modules(stage_script(stages[name])), (name, module)
+
+
+# --- paths ------------------------------------------------------------------------
+
+def path_constants() -> dict[str, PurePosixPath]:
+    return {name: PurePosixPath(value.as_posix()) for name, value in vars(paths).items()
+            if isinstance(value, Path)}
+
+
+def declared(stage: dict, kinds: tuple[str, ...] = ("deps", "outs", "metrics", "plots")
+             ) -> set[PurePosixPath]:
+    """Paths a stage declares (a metrics/plots entry may be a {path: options} mapping)."""
+    found = set()
+    for kind in kinds:
+        for entry in stage.get(kind, []):
+            for path in (entry if isinstance(entry, dict) else [entry]):
+                if not path.endswith(".py"):
+                    found.add(PurePosixPath(path))
+    return found
+
+
+def covered(path: PurePosixPath, constants: set[PurePosixPath]) -> bool:
+    """`path` is a constant, or inside a folder that is one (dvclive's files in its folder)."""
+    return any(path == constant or constant in path.parents for constant in constants)
+
+
+def stage_path_constants(stage: dict) -> set[PurePosixPath]:
+    """The constants of stages/paths.py that the stage's script imports."""
+    tree = ast.parse((ROOT / stage_script(stage)).read_text())
+    constants = path_constants()
+    return {constants[alias.name] for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "stages.paths"
+            for alias in node.names}
+
+
+@pytest.mark.parametrize("name", list(dvc_stages()))
+def test_each_declared_path_is_a_constant_the_stage_uses(name):
+    stage = dvc_stages()[name]
+    constants = stage_path_constants(stage)
+    for path in declared(stage):
+        assert covered(path, constants), (
+            f"{name}: dvc.yaml declares {path}, but stages/{name}.py imports no constant "
+            f"of stages/paths.py for it")
+
+
+def test_every_path_constant_is_declared_or_listed_as_untracked():
+    everything = set().union(*(declared(stage) for stage in dvc_stages().values()))
+    for name, constant in path_constants().items():
+        if Path(constant) in UNTRACKED_PATHS:
+            assert not covered(constant, everything), f"{name} is declared in dvc.yaml"
+            continue
+        assert constant in everything or any(constant in path.parents for path in everything), (
+            f"stages/paths.py: {name} = {constant} is in no stage of dvc.yaml")
+
+
+def test_no_stage_spells_a_path_of_its_own():
+    # One source of truth: a path literal in a stage script would drift from dvc.yaml.
+    literal = re.compile(r"""["'](data|models|metrics)/""")
+    for file in sorted((ROOT / "stages").glob("*.py")):
+        if file.name != "paths.py":
+            assert not literal.search(file.read_text()), f"{file.name} spells out a path"

@@ -1,0 +1,90 @@
+"""What a newcomer sees: a failing stage prints its one `error:` line and nothing else
+(no TensorFlow start-up log), and long steps report progress in whole lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stages.progress import Progress
+from tests.conftest import ROOT, run_stage, stage_env, write_params
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """A newcomer's environment: no Kaggle credentials, TensorFlow's log level unset."""
+    env = {**stage_env(), **extra}
+    if "TF_CPP_MIN_LOG_LEVEL" not in extra:
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def test_missing_kaggle_credentials_fail_in_one_line_without_tensorflow(tmp_path):
+    write_params(tmp_path)
+    env = quiet_env(HOME=str(tmp_path))  # no ~/.kaggle/kaggle.json either
+    result = run_stage("fetch_data", tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: no Kaggle credentials")
+    # Imports logged by -X importtime: TensorFlow is not among them on this path.
+    traced = subprocess.run([sys.executable, "-X", "importtime", "-m", "stages.fetch_data"],
+                            cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert traced.returncode == 1
+    imported = {row.rsplit("|", 1)[-1].strip() for row in traced.stderr.splitlines()
+                if row.startswith("import time:")}
+    assert "stages.params" in imported  # the trace works
+    assert "tensorflow" not in imported and "keras" not in imported
+
+
+@pytest.mark.parametrize("stage", ["fetch_data", "fetch_weights"])
+def test_a_stage_that_imports_tensorflow_prints_only_its_error(tmp_path, stage):
+    # Credentials are set, so fetch_data gets as far as checking the layer names, which
+    # loads TensorFlow; its start-up log must not come before the error.
+    write_params(tmp_path, cut_layer="mixed77")
+    env = quiet_env(KAGGLE_USERNAME="tester", KAGGLE_KEY="not-used")
+    result = run_stage(stage, tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: cut_layer: inception_v3 has no layer 'mixed77'; "
+        "closest: mixed7, mixed9, mixed8, mixed6, mixed5"]
+
+
+def test_tensorflow_log_shows_when_asked_for(tmp_path):
+    write_params(tmp_path, cut_layer="mixed77")
+    result = run_stage("fetch_weights", tmp_path, env=quiet_env(TF_CPP_MIN_LOG_LEVEL="0"))
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) > 1  # TensorFlow's own lines, then the error
+    assert result.stderr.splitlines()[-1].startswith("error: cut_layer")
+
+
+def test_progress_lines_count_and_rate(capsys):
+    progress = Progress("decoding", total=10, every_s=0)
+    for _ in range(4):
+        progress.update(3 if progress.done < 9 else 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "decoding: 3/10 images", "decoding: 6/10 images", "decoding: 9/10 images",
+        "decoding: 10/10 images"]
+    assert lines[-1].startswith("decoding: 10/10 images (100%, ") and lines[-1].endswith(
+        " images/s)")
+
+
+def test_progress_is_throttled_but_always_reports_the_end(capsys):
+    progress = Progress("predict", total=1000, every_s=3600)
+    for _ in range(100):
+        progress.update(10)
+    assert capsys.readouterr().err.splitlines()[0].startswith("predict: 1,000/1,000 images")
+    assert progress.done == 1000
+
+
+def test_decoding_reports_progress_without_a_terminal(capfd, sample_dir):
+    from stages.images import load_images
+
+    photos = sorted(str(path) for path in (sample_dir / "train").glob("*.jpg"))
+    pixels = load_images(photos, 32, "train: decoding training images")
+    assert pixels.shape == (len(photos), 32, 32, 3)
+    err = capfd.readouterr().err
+    assert f"train: decoding training images: {len(photos)}/{len(photos)} images (100%" in err
