@@ -67,3 +67,10 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The naive reference recipe against the pipeline, timed side by side on the same synthetic
+# photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.
+#   make bench ARGS="--train 21000 --test 12500"
+.PHONY: bench
+bench: setup
+	$(RUN) python -m scripts.bench $(ARGS)

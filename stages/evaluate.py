@@ -1,5 +1,8 @@
 """Stage evaluate: score the trained model on the validation split.
 
+It runs the layers above the frozen part on the validation images' cached
+activations (data/features): the same split, by path, as train's.
+
 Writes metrics/evaluate/metrics.json (accuracy, log loss, the competition's
 metric, ROC AUC, per-class precision/recall/F1) and plot data for a confusion
 matrix, ROC and precision-recall curves, plus a grid of the most confident
@@ -12,13 +15,13 @@ import sys
 
 import numpy as np
 
-from stages.dataset import paths_of, split_files
+from stages.activations import FeatureFile, predict_rows, read_index
+from stages.dataset import paths_of, split_samples
 from stages.errors import run
-from stages.images import load_images
 from stages.labels import CLASS_NAMES
-from stages.network import load_model
+from stages.network import load_model, trained_part
 from stages.params import load_params
-from stages.paths import EVALUATE_LIVE_DIR, MODEL_FILE, TRAIN_DIR
+from stages.paths import EVALUATE_LIVE_DIR, MODEL_FILE, TRAIN_DIR, TRAIN_FEATURES
 
 MISTAKES_SHOWN = 16
 
@@ -54,14 +57,13 @@ def main() -> None:
     from dvclive import Live
     from sklearn import metrics
 
-    _, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
-    model = load_model(MODEL_FILE)
-    images = load_images(paths_of(val_files), params["image_size"],
-                         "evaluate: decoding validation images")
-    images = images.astype(np.float32)
-    verbose = "auto" if sys.stdout.isatty() else 0
-    dog_probability = model.predict(images, batch_size=params["batch_size"],
-                                    verbose=verbose).ravel().astype(np.float64)
+    index = read_index(params)
+    row_of = {path: row for row, (path, _) in enumerate(index["train"])}
+    _, val_files = split_samples(index["train"], params["val_split"], params["seed"])
+    model = trained_part(load_model(MODEL_FILE))
+    dog_probability = predict_rows(model, FeatureFile(TRAIN_FEATURES),
+                                   np.array([row_of[path] for path, _ in val_files]),
+                                   params["batch_size"], "evaluate: validation images")
     labels = np.array([label for _, label in val_files])
     predicted = (dog_probability > 0.5).astype(int)
 
@@ -83,7 +85,8 @@ def main() -> None:
         live.log_sklearn_plot("roc", labels, dog_probability, name="roc.json")
         live.log_sklearn_plot("precision_recall", labels, dog_probability,
                               name="precision_recall.json")
-        live.log_image("mistakes.png", mistakes_figure(paths_of(val_files), labels,
+        photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
+        live.log_image("mistakes.png", mistakes_figure(photos, labels,
                                                        dog_probability))
         summary = {key: live.summary[key] for key in ("accuracy", "log_loss", "roc_auc")}
     print(f"evaluate: {len(labels)} validation images: {summary}", file=sys.stderr)

@@ -4,6 +4,9 @@ the images that train, evaluate, submit and predict can read."""
 from __future__ import annotations
 
 import re
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -11,6 +14,9 @@ import tensorflow as tf
 from stages.progress import Progress
 
 DECODE_BATCH = 256  # images per progress update
+# What reading one image can raise: a file's OSError; zipfile's for a damaged entry
+# (bad CRC, truncated or odd compression).
+READ_ERRORS = (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -56,3 +62,35 @@ def load_images(paths: list[str], image_size: int, what: str) -> np.ndarray:
         batches.append(batch)
         progress.update(len(batch))
     return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), "uint8")
+
+
+def decode_batches(read: Callable[[int], bytes], count: int, image_size: int, batch_size: int,
+                   failures: dict[int, str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices, uint8 images) batches of items 0 .. count - 1, read by `read(index)` in
+    order and decoded in parallel. An item that cannot be read or decoded does not stop
+    the others: it is left out of the batches, and `failures` says why, by index, once
+    the batches are exhausted."""
+
+    def items() -> Iterator[tuple[int, bytes]]:
+        for index in range(count):
+            try:
+                data = read(index)
+            except READ_ERRORS as error:
+                failures[index] = f"cannot read it: {error}"
+                data = b""  # fails to decode, so it is dropped below
+            yield index, data
+
+    dataset = tf.data.Dataset.from_generator(items, output_signature=(
+        tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)))
+    dataset = dataset.map(lambda index, data: (index, decode_image(data, image_size)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    # ignore_errors: a corrupt image is dropped here and found by its missing index (the
+    # index travels with each image); the generator cannot raise without ending it all.
+    dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    decoded = np.zeros(count, dtype=bool)
+    for indices, images in dataset.as_numpy_iterator():
+        decoded[indices] = True
+        yield indices, images
+    for index in map(int, np.flatnonzero(~decoded)):
+        if index not in failures:
+            failures[index] = decode_error(read(index)) or "cannot be decoded"

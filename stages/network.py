@@ -82,14 +82,16 @@ def check_architecture(params: dict[str, Any]) -> None:
     check_layers(build_backbone(params), params)
 
 
-def check_layers(backbone: keras.Model, params: dict[str, Any]) -> None:
+def check_layers(backbone: keras.Model, params: dict[str, Any],
+                 keys: tuple[str, ...] = ("unfreeze_after", "cut_layer")) -> None:
     """Fail at once, with the closest names, if a layer param names no layer of the backbone."""
     names = [layer.name for layer in backbone.layers]
-    for key in ("unfreeze_after", "cut_layer"):
+    for key in keys:
         if params[key] not in names:
             raise StageError(f"{key}: {backbone.name} has no layer '{params[key]}'; "
                              f"closest: {_closest(params[key], names)}")
-    if names.index(params["unfreeze_after"]) > names.index(params["cut_layer"]):
+    if "cut_layer" in keys and (
+            names.index(params["unfreeze_after"]) > names.index(params["cut_layer"])):
         raise StageError(f"unfreeze_after: '{params['unfreeze_after']}' comes after cut_layer "
                          f"'{params['cut_layer']}'; it must be at or below it")
 
@@ -123,6 +125,11 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+def augments(params: dict[str, Any]) -> bool:
+    """Whether training changes the images (and so the frozen part's output) every epoch."""
+    return bool(params["augment_flip"] or params["augment_rotation"] or params["augment_zoom"])
+
+
 def augmentation(params: dict[str, Any]) -> keras.Sequential | None:
     """Random flips, rotations and zooms; Keras applies them only while training."""
     seed = params["seed"]
@@ -147,26 +154,47 @@ def build_head(params: dict[str, Any]) -> keras.Sequential:
     return keras.Sequential(layers, name="head")
 
 
+def preprocessing(params: dict[str, Any]) -> keras.layers.Layer:
+    if params["preprocessing"] == "backbone":
+        return BackbonePreprocess(params["backbone"], name="preprocessing")
+    return keras.layers.Rescaling(1 / 255, name="preprocessing")  # the reference recipe's
+
+
+def frozen_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model:
+    """Backbone input .. unfreeze_after: never trained, so its output can be cached."""
+    split = backbone.get_layer(params["unfreeze_after"]).output
+    frozen_base = keras.Model(backbone.input, split, name="frozen_base")
+    frozen_base.trainable = False
+    return frozen_base
+
+
+def build_feature_extractor(params: dict[str, Any], weights_file: Path) -> keras.Model:
+    """Raw pixels -> preprocessing -> frozen_base: what the features stage caches. It reads
+    only the params that change these activations (not cut_layer, the head or training)."""
+    backbone = build_backbone(params)
+    check_layers(backbone, params, keys=("unfreeze_after",))
+    load_backbone_weights(backbone, weights_file)
+    size = params["image_size"]
+    inputs = keras.Input((size, size, 3), name="image")
+    outputs = frozen_part(backbone, params)(preprocessing(params)(inputs))
+    return keras.Model(inputs, outputs, name="feature_extractor")
+
+
 def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> keras.Model:
     """Build and compile the model; call it inside a tf.distribute strategy's scope to scale."""
     backbone = build_backbone(params)
     check_layers(backbone, params)
     load_backbone_weights(backbone, weights_file)
 
+    frozen_base = frozen_part(backbone, params)
     split = backbone.get_layer(params["unfreeze_after"]).output
-    frozen_base = keras.Model(backbone.input, split, name="frozen_base")
-    frozen_base.trainable = False
-
     size = params["image_size"]
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     augment = augmentation(params)
     if augment is not None:
         x = augment(x)
-    if params["preprocessing"] == "backbone":
-        x = BackbonePreprocess(params["backbone"], name="preprocessing")(x)
-    else:  # the reference recipe's scaling to [0, 1]
-        x = keras.layers.Rescaling(1 / 255, name="preprocessing")(x)
+    x = preprocessing(params)(x)
     x = frozen_base(x)
     if params["unfreeze_after"] != params["cut_layer"]:
         cut = backbone.get_layer(params["cut_layer"]).output
@@ -176,6 +204,17 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> 
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_cats_vs_dogs")
     set_phase(model, params, fine_tune)
     return model
+
+
+def trained_part(model: keras.Model) -> keras.Model:
+    """The model above frozen_base (trainable_base, if any, and the head), as a model of
+    its own that takes frozen_base's activations. It shares its layers with `model`:
+    training one trains the other."""
+    features = keras.Input(model.get_layer("frozen_base").output.shape[1:], name="features")
+    x = features
+    if "trainable_base" in [layer.name for layer in model.layers]:
+        x = model.get_layer("trainable_base")(x)
+    return keras.Model(features, model.get_layer("head")(x), name="trained_part")
 
 
 def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> None:

@@ -24,6 +24,12 @@ DATA_REPORT = Path("metrics/data.json")
 # fetch_weights
 WEIGHTS_FILE = Path("models/backbone_notop.h5")
 
+# features
+FEATURES_DIR = Path("data/features")
+TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_DIR
+TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION
+FEATURES_INDEX = FEATURES_DIR / "index.json"
+
 # train
 MODEL_FILE = Path("models/model.keras")
 TRAIN_LIVE_DIR = Path("metrics/train")  # dvclive's folder: metrics.json and plots/

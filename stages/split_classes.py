@@ -12,6 +12,7 @@ so a cut-off download is caught by the decode alone.
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import sys
@@ -33,7 +34,7 @@ IMAGE_NAME = re.compile(rf"^({'|'.join(CLASS_NAMES)})\.[^/]*\.(jpe?g|png)$", re.
 # cannot hurt.
 MAX_EXPANSION = 50
 SMALL_ENTRY = 1 << 20
-BATCH = 256  # entries in flight at once, to bound memory
+CHUNK = 64  # images per task of the thread pool
 REFETCH = "run `dvc repro -f fetch_data`"
 # What reading a damaged or unsupported entry raises (bad CRC, broken deflate stream,
 # cut-off data, encryption, a compression method zipfile lacks).
@@ -85,6 +86,15 @@ def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
                          f"{REFETCH}") from None
 
 
+def workers() -> int:
+    """Threads to check images with: one per CPU this process may use (decoding is
+    CPU-bound; more threads only contend for the cores and the GIL)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def main() -> None:
     params = load_params()
     max_unreadable: float = params["max_unreadable_fraction"]
@@ -134,28 +144,45 @@ def main() -> None:
 
         counts = dict.fromkeys(CLASS_NAMES, 0)
         unreadable: dict[str, str] = {}
-        with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor() as pool:
+        with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
             for label in CLASS_NAMES:
                 (staging / label).mkdir(parents=True)
 
-            def extract(name: str, label: str, data: bytes) -> tuple[str, str, str]:
-                reason = decode_error(data)
-                if not reason:
-                    (staging / label / name).write_bytes(data)
-                return name, label, reason
+            def check(chunk: list[tuple[zipfile.ZipInfo, str, str]]) -> list[tuple[str, str, str]]:
+                """Read, decode and, if readable, write each image of `chunk`: (file name,
+                class, why it is unreadable or "")."""
+                checked = []
+                for info, name, label in chunk:
+                    data = read(archive, info)
+                    reason = decode_error(data)
+                    if not reason:
+                        (staging / label / name).write_bytes(data)
+                    checked.append((name, label, reason))
+                return checked
 
-            # Decoding releases the GIL, so threads check several images at once.
-            for start in range(0, len(images), BATCH):
-                batch = [(name, label, read(archive, info))
-                         for info, name, label in images[start:start + BATCH]]
-                for name, label, reason in pool.map(lambda item: extract(*item), batch):
-                    if reason:
-                        unreadable[name] = reason
-                    else:
-                        counts[label] += 1
-                done = start + len(batch)
-                if done * 10 // len(images) > start * 10 // len(images):  # every 10%
-                    print(f"split_classes: {done}/{len(images)} images checked", file=sys.stderr)
+            # Each worker reads, decodes and writes its own images, one at a time (bounded
+            # memory), and nothing waits on the main thread. Decoding releases the GIL; so
+            # do the reads (one shared archive handle, locked per entry: cheaper than a
+            # handle per worker, each parsing the directory again) and the writes.
+            chunks = [images[start:start + CHUNK] for start in range(0, len(images), CHUNK)]
+            futures = [pool.submit(check, chunk) for chunk in chunks]
+            try:
+                done = 0
+                for future in futures:  # in order, for the progress lines
+                    checked = future.result()
+                    for name, label, reason in checked:
+                        if reason:
+                            unreadable[name] = reason
+                        else:
+                            counts[label] += 1
+                    before, done = done, done + len(checked)
+                    if done * 10 // len(images) > before * 10 // len(images):  # every 10%
+                        print(f"split_classes: {done}/{len(images)} images checked",
+                              file=sys.stderr)
+            except BaseException:
+                # A damaged entry (refused as a whole) or ^C: stop now, not after the rest.
+                pool.shutdown(cancel_futures=True)
+                raise
 
             empty = [name for name, count in counts.items() if count == 0]
             if empty:

@@ -5,6 +5,12 @@ frozen), then fine-tunes the layers after `unfreeze_after` (`epochs` at `lr`).
 Per-epoch metrics go to metrics/train through dvclive; the model kept is the
 epoch with the lowest validation loss (`keep: best`) or the last one.
 
+It trains the layers above the frozen part on the features stage's cached
+activations (data/features), read from disk batch by batch. Augmentation changes
+the frozen part's input every epoch, so with augmentation on it decodes the
+images and trains on pixels instead. Either way it saves the whole model, frozen
+part included, taking raw pixels.
+
 A killed run resumes: every epoch ends with a checkpoint of the weights and the
 optimizer in models/.train-backup (kept between runs, not a DVC output), so the
 next `dvc repro` continues from the last completed epoch, with the same batches in
@@ -19,21 +25,31 @@ import hashlib
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from stages.dataset import labels_of, paths_of, split_files
+from stages.activations import FeatureFile, read_index
+from stages.dataset import labels_of, paths_of, split_files, split_samples
 from stages.errors import StageError, run
 from stages.files import atomic_output
 from stages.images import load_images
-from stages.network import build_model, check_architecture, set_phase
+from stages.network import augments, build_model, check_architecture, set_phase, trained_part
 from stages.params import load_params
-from stages.paths import BACKUP_DIR, MODEL_FILE, TRAIN_DIR, TRAIN_LIVE_DIR, WEIGHTS_FILE
-from stages.training import EpochBatches, EpochRandomness, set_determinism
+from stages.paths import (
+    BACKUP_DIR,
+    MODEL_FILE,
+    TRAIN_DIR,
+    TRAIN_FEATURES,
+    TRAIN_LIVE_DIR,
+    WEIGHTS_FILE,
+)
+from stages.training import Batches, EpochBatches, EpochRandomness, set_determinism
 
 VAL_LOSS_LOG = TRAIN_LIVE_DIR / "plots/metrics/eval/loss.tsv"  # dvclive's record of val_loss
 BEST_WEIGHTS = BACKUP_DIR / "best.weights.h5"
@@ -47,11 +63,10 @@ class EpochLogger(DVCLiveCallback):
         super().on_epoch_end(epoch, logs)
 
 
-def fingerprint(params: dict[str, Any], train_files: list) -> str:
-    """What a backup must match to be resumed: params, training images, weights file."""
+def fingerprint(params: dict[str, Any], data: TrainingData) -> str:
+    """What a backup must match to be resumed: params, training inputs, weights file."""
     weights = WEIGHTS_FILE.stat()
-    identity = [params, [[path, Path(path).stat().st_size] for path, _ in train_files],
-                [weights.st_size, weights.st_mtime_ns]]
+    identity = [params, data.identity, [weights.st_size, weights.st_mtime_ns]]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -122,46 +137,82 @@ def restore(model: keras.Model, epochs_done: int) -> None:
     model.load_weights(BACKUP_DIR / f"epoch-{epochs_done:04d}.weights.h5")
 
 
-def main() -> None:
-    params = load_params()
-    # Names are checked before the slow parts (reading images, loading weights).
-    check_architecture(params)
-    if not WEIGHTS_FILE.exists():
-        raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
+@dataclass
+class TrainingData:
+    """What `fit` reads: training batches, validation data, and what identifies them."""
 
-    set_determinism(params["seed"])
+    train: EpochBatches
+    validation: Any  # (pixels, labels) in memory, or Batches read from the features
+    identity: list  # for the backup's fingerprint
+    on_features: bool  # inputs are frozen_base's activations, not pixels
+
+
+def feature_data(params: dict[str, Any]) -> TrainingData:
+    """The cached activations of the frozen part, read from disk batch by batch."""
+    index = read_index(params)
+    row_of = {path: row for row, (path, _) in enumerate(index["train"])}
+    train_files, val_files = split_samples(index["train"], params["val_split"], params["seed"])
+    features = FeatureFile(TRAIN_FEATURES)
+    train_rows = np.array([row_of[path] for path, _ in train_files])
+    val_rows = np.array([row_of[path] for path, _ in val_files])
+    batch = params["batch_size"]
+    print(f"train: training on the cached features of {len(train_rows)} training and "
+          f"{len(val_rows)} validation images ({TRAIN_FEATURES})", file=sys.stderr)
+    stat = TRAIN_FEATURES.stat()
+    return TrainingData(
+        train=EpochBatches(features, train_rows, labels_of(train_files), batch, params["seed"]),
+        validation=Batches(features, val_rows, labels_of(val_files), batch),
+        identity=[paths_of(train_files), stat.st_size, stat.st_mtime_ns],
+        on_features=True)
+
+
+def pixel_data(params: dict[str, Any]) -> TrainingData:
+    """Every image decoded once into memory, for the whole model to train on."""
     train_files, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
-    size, batch = params["image_size"], params["batch_size"]
+    size = params["image_size"]
     train_images = load_images(paths_of(train_files), size, "train: decoding training images")
     val_images = load_images(paths_of(val_files), size, "train: decoding validation images")
-    train_data = EpochBatches(train_images, labels_of(train_files), batch, params["seed"])
-    val_data = (val_images.astype("float32"), labels_of(val_files))
+    return TrainingData(
+        train=EpochBatches(train_images, np.arange(len(train_images)), labels_of(train_files),
+                           params["batch_size"], params["seed"]),
+        validation=(val_images.astype("float32"), labels_of(val_files)),
+        identity=[[path, Path(path).stat().st_size] for path, _ in train_files],
+        on_features=False)
 
-    resuming = resumable_backup(fingerprint(params, train_files))
+
+def train(params: dict[str, Any], data: TrainingData) -> None:
+    """Fit (resuming a killed run of the same training), keep the best or last epoch, and
+    save the whole model, frozen part included, taking raw pixels."""
+    resuming = resumable_backup(fingerprint(params, data))
     done = completed_epochs() if resuming else 0
     if resuming:
         print(f"train: resuming the interrupted run after epoch {done}", file=sys.stderr)
         forget_logged_epochs(since=done)
     head_epochs, epochs = params["head_epochs"], params["epochs"]
     total = head_epochs + epochs
-    model = build_model(params, WEIGHTS_FILE, fine_tune=head_epochs == 0 or done > head_epochs)
+    fine_tune = head_epochs == 0 or done > head_epochs
+    model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune)
+    # On features, fit the layers above frozen_base: they are shared with `model`.
+    trainee = trained_part(model) if data.on_features else model
+    set_phase(trainee, params, fine_tune=fine_tune)
     if done:
-        restore(model, done)
+        restore(trainee, done)
 
     # The best val_loss so far survives a resume in dvclive's log, kept by `persist`.
     checkpoints = Checkpoints(min(logged_val_losses(), default=float("inf")) if resuming
                               else float("inf"))
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in CI logs
+    validation_batch = None if data.on_features else params["batch_size"]
 
     def fit(first_epoch: int, end_epoch: int) -> None:
         # Logged before checkpointed: a backup never gets ahead of the log.
         callbacks = [EpochRandomness(), logger, checkpoints]
-        train_data.first_epoch = first_epoch
+        data.train.first_epoch = first_epoch
         # shuffle=False: EpochBatches shuffles, by epoch, and fit's own would be ignored.
-        model.fit(train_data, steps_per_epoch=train_data.steps, shuffle=False,
-                  validation_data=val_data, validation_batch_size=batch,
-                  initial_epoch=first_epoch, epochs=end_epoch, callbacks=callbacks,
-                  verbose=verbose)
+        trainee.fit(data.train, steps_per_epoch=data.train.steps, shuffle=False,
+                    validation_data=data.validation, validation_batch_size=validation_batch,
+                    initial_epoch=first_epoch, epochs=end_epoch, callbacks=callbacks,
+                    verbose=verbose)
 
     # dvcyaml=False: dvc.yaml is written by hand; one step per epoch across both fits.
     with Live(str(TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:
@@ -169,7 +220,7 @@ def main() -> None:
         if done < head_epochs:
             fit(done, head_epochs)
         if head_epochs and done <= head_epochs:
-            set_phase(model, params, fine_tune=True)
+            set_phase(trainee, params, fine_tune=True)
         if max(done, head_epochs) < total:
             fit(max(done, head_epochs), total)
 
@@ -177,7 +228,7 @@ def main() -> None:
         best_epoch = 1 + history.index(min(history))
         kept_epoch = best_epoch if params["keep"] == "best" else total
         if kept_epoch != total:
-            model.load_weights(BEST_WEIGHTS)
+            trainee.load_weights(BEST_WEIGHTS)
         live.summary["kept_epoch"] = kept_epoch
         live.summary["best_epoch"] = best_epoch
 
@@ -189,6 +240,22 @@ def main() -> None:
     shutil.rmtree(BACKUP_DIR)
     print(f"train: saved {MODEL_FILE} from epoch {kept_epoch} of {total} "
           f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)
+
+
+def main() -> None:
+    params = load_params()
+    # Names are checked before the slow parts (reading inputs, loading weights).
+    check_architecture(params)
+    if not WEIGHTS_FILE.exists():
+        raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
+    set_determinism(params["seed"])
+    if augments(params):
+        print("train: augmentation is on, so the frozen part's input changes every epoch: "
+              "training on pixels, not on the cached features", file=sys.stderr)
+        data = pixel_data(params)
+    else:
+        data = feature_data(params)
+    train(params, data)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,18 @@ epoch-indexed batches, epoch-indexed random draws, deterministic ops."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+class Rows(Protocol):
+    """What batches are read from: `inputs[rows]` gives those rows as an array (decoded
+    pixels in memory, or activations read from disk by stages.activations.FeatureFile)."""
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -15,16 +24,18 @@ class EpochBatches(keras.utils.PyDataset):
     Batch i is batch i % steps of epoch first_epoch + i // steps. Given to `fit` with
     `steps_per_epoch=steps`, it is read through one iterator across epochs, so the
     read-ahead cannot mix epochs up, and a run resumed at epoch k sees exactly the
-    batches an uninterrupted run saw there.
+    batches an uninterrupted run saw there. The samples are `inputs[rows]`, labelled
+    `labels` (one per row).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(self, inputs: Rows, rows: np.ndarray, labels: np.ndarray, batch_size: int,
+                 seed: int) -> None:
         super().__init__()  # one worker, no processes: batches are made in order
-        self.images, self.labels = images, labels
+        self.inputs, self.rows, self.labels = inputs, np.asarray(rows), labels
         self.batch_size, self.seed = batch_size, seed
-        self.steps = -(-len(images) // batch_size)
+        self.steps = -(-len(self.rows) // batch_size)
         self.first_epoch = 0
-        self._order_epoch, self._order = -1, np.arange(len(images))
+        self._order_epoch, self._order = -1, np.arange(len(self.rows))
 
     @property
     def num_batches(self) -> None:
@@ -35,9 +46,27 @@ class EpochBatches(keras.utils.PyDataset):
         epoch += self.first_epoch
         if epoch != self._order_epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._order, self._order_epoch = rng.permutation(len(self.images)), epoch
+            self._order, self._order_epoch = rng.permutation(len(self.rows)), epoch
         batch = self._order[step * self.batch_size:(step + 1) * self.batch_size]
-        return self.images[batch].astype(np.float32), self.labels[batch]
+        return np.asarray(self.inputs[self.rows[batch]], np.float32), self.labels[batch]
+
+
+class Batches(keras.utils.PyDataset):
+    """`inputs[rows]` and their labels in order, `batch_size` at a time (validation)."""
+
+    def __init__(self, inputs: Rows, rows: np.ndarray, labels: np.ndarray,
+                 batch_size: int) -> None:
+        super().__init__()
+        self.inputs, self.rows, self.labels = inputs, np.asarray(rows), labels
+        self.batch_size = batch_size
+
+    @property
+    def num_batches(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return np.asarray(self.inputs[self.rows[batch]], np.float32), self.labels[batch]
 
 
 class EpochRandomness(keras.callbacks.Callback):

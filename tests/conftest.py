@@ -14,6 +14,7 @@ import io
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -307,3 +308,117 @@ def error_line(stderr: str) -> str:
     assert lines and lines[-1].startswith("error: "), stderr
     assert sum(line.startswith("error: ") for line in lines) == 1, stderr
     return lines[-1]
+
+
+def lay_out_project(root: Path, sample_dir: Path, weights_file: Path, per_class: int,
+                    test_images: int = 4, **params: object) -> Path:
+    """A project folder as fetch_data, split_classes and fetch_weights leave it:
+    data/raw/{test.zip, sample_submission.csv} (the first `test_images` test photos),
+    data/train/{cat,dog}/ (the first `per_class` photos of each), models/backbone_notop.h5,
+    and params.yaml with `params`."""
+    import zipfile
+
+    for label in CLASSES:
+        folder = root / "data" / "train" / label
+        folder.mkdir(parents=True)
+        for number in range(per_class):
+            shutil.copy(sample_dir / "train" / f"{label}.{number}.jpg", folder)
+    raw = root / "data" / "raw"
+    raw.mkdir(parents=True)
+    with zipfile.ZipFile(raw / "test.zip", "w") as archive:
+        for number in range(1, test_images + 1):
+            archive.write(sample_dir / "test" / f"{number}.jpg", f"test/{number}.jpg")
+    (raw / "sample_submission.csv").write_text(
+        "id,label\n" + "".join(f"{number},0.5\n" for number in range(1, test_images + 1)))
+    (root / "models").mkdir()
+    shutil.copy(weights_file, root / "models" / "backbone_notop.h5")
+    write_params(root, **params)
+    return root
+
+
+def extract_features(project: Path) -> None:
+    """Run the features stage in `project` (laid out by lay_out_project)."""
+    result = run_stage("features", project, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- the features stage's output, shared by tests/test_features.py and test_submit_predict.py
+
+# The small network of the features and submit tests: MobileNet (alpha 0.25) at 96 px,
+# split at conv_pw_3_relu (24 x 24 x 32 activations), a linear head on their average.
+SMALL_NETWORK = {
+    "backbone": "MobileNet", "alpha": 0.25, "image_size": 96, "preprocessing": "backbone",
+    "cut_layer": "conv_pw_3_relu", "unfreeze_after": "conv_pw_3_relu",
+    "head": "gap", "dense_units": 0, "batch_size": 8,
+}
+
+
+def write_test_set(project: Path, entries: list[tuple[str, bytes]], ids: list[str]) -> None:
+    """project/data/raw/test.zip holding `entries` ((name, bytes), in this order) and
+    project/data/raw/sample_submission.csv listing `ids` in this order."""
+    import zipfile
+
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(raw / "test.zip", "w") as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    with (raw / "sample_submission.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["id", "label"])
+        writer.writerows([image_id, 0.5] for image_id in ids)
+
+
+def gray_png(photo: Path, path: Path) -> Path:
+    """`photo` as a grayscale PNG at `path` (named .jpg, as Kaggle names every test image):
+    the drawn photos have grayscale JPEGs and colour PNGs only."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(photo) as image:
+        image.convert("L").save(path, format="PNG")
+    return path
+
+
+class Extracted:
+    """A project where the features stage ran (see `extracted_features`). Tests must not
+    change `project`: copy it (shutil.copytree) to run other stages in it."""
+
+    def __init__(self, project: Path, photos: dict[str, Path], ids: list[str], corrupt: str,
+                 result: subprocess.CompletedProcess[str]) -> None:
+        self.project, self.photos, self.ids, self.corrupt = project, photos, ids, corrupt
+        self.result = result  # the features stage's run
+
+
+EXTRACTED_TEST_PHOTOS = 20  # the drawn test photos 1..20, then a grayscale PNG and a corrupt JPEG
+EXTRACTED_PER_CLASS = 8  # training photos per class: colour and grayscale JPEGs, colour PNGs
+
+
+@pytest.fixture(scope="session")
+def extracted_features(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
+                       mobilenet_random_weights: Path) -> Extracted:
+    """The features stage, run once with SMALL_NETWORK and `mobilenet_random_weights` on:
+    data/train with the first EXTRACTED_PER_CLASS drawn photos of each class; test.zip
+    holding, in reverse order, test/1.jpg .. test/20.jpg (the drawn test photos),
+    test/21.jpg (a grayscale PNG) and test/22.jpg (a JPEG truncated to 500 bytes: the
+    corrupt one); sample_submission.csv listing their ids shuffled (neither the
+    archive's order nor sorted). `photos` maps each id to the file stored for it."""
+    root = tmp_path_factory.mktemp("extracted")
+    project = lay_out_project(root / "project", sample_dir, mobilenet_random_weights,
+                              EXTRACTED_PER_CLASS, **SMALL_NETWORK)
+    sources = root / "test"
+    sources.mkdir()
+    photos = {str(n): sample_dir / "test" / f"{n}.jpg"
+              for n in range(1, EXTRACTED_TEST_PHOTOS + 1)}
+    gray = str(EXTRACTED_TEST_PHOTOS + 1)
+    photos[gray] = gray_png(photos["1"], sources / f"{gray}.jpg")
+    corrupt = str(EXTRACTED_TEST_PHOTOS + 2)
+    photos[corrupt] = sources / f"{corrupt}.jpg"
+    photos[corrupt].write_bytes(photos["4"].read_bytes()[:500])
+    ids = list(photos)
+    random.Random(0).shuffle(ids)
+    write_test_set(project, [(f"test/{n}.jpg", photos[n].read_bytes())
+                             for n in reversed(photos)], ids)
+    result = run_stage("features", project, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Extracted(project, photos, ids, corrupt, result)

@@ -183,16 +183,27 @@ def declared(stage: dict, kinds: tuple[str, ...] = ("deps", "outs", "metrics", "
     return found
 
 
+def related(path: PurePosixPath, constant: PurePosixPath) -> bool:
+    """The same path, or one inside the other (dvclive's files in its folder; the
+    files of a declared folder)."""
+    return path == constant or constant in path.parents or path in constant.parents
+
+
 def covered(path: PurePosixPath, constants: set[PurePosixPath]) -> bool:
-    """`path` is a constant, or inside a folder that is one (dvclive's files in its folder)."""
-    return any(path == constant or constant in path.parents for constant in constants)
+    return any(related(path, constant) for constant in constants)
 
 
 def stage_path_constants(stage: dict) -> set[PurePosixPath]:
-    """The constants of stages/paths.py that the stage's script imports."""
-    tree = ast.parse((ROOT / stage_script(stage)).read_text())
+    """The constants of stages/paths.py that the stage's code imports: its script and
+    every project module it reaches."""
+    modules, queue = {stage_script(stage)}, [stage_script(stage)]
+    while queue:
+        for module in imported_modules(queue.pop()) - modules:
+            modules.add(module)
+            queue.append(module)
     constants = path_constants()
-    return {constants[alias.name] for node in ast.walk(tree)
+    return {constants[alias.name] for module in modules
+            for node in ast.walk(ast.parse((ROOT / module).read_text()))
             if isinstance(node, ast.ImportFrom) and node.module == "stages.paths"
             for alias in node.names}
 
@@ -213,7 +224,7 @@ def test_every_path_constant_is_declared_or_listed_as_untracked():
         if Path(constant) in UNTRACKED_PATHS:
             assert not covered(constant, everything), f"{name} is declared in dvc.yaml"
             continue
-        assert constant in everything or any(constant in path.parents for path in everything), (
+        assert covered(constant, everything), (
             f"stages/paths.py: {name} = {constant} is in no stage of dvc.yaml")
 
 
@@ -223,3 +234,11 @@ def test_no_stage_spells_a_path_of_its_own():
     for file in sorted((ROOT / "stages").glob("*.py")):
         if file.name != "paths.py":
             assert not literal.search(file.read_text()), f"{file.name} spells out a path"
+
+
+def test_features_track_exactly_the_params_that_change_the_activations():
+    # So `-S lr=`, `-S epochs=`, `-S seed=`... never recompute them; read_index refuses
+    # features made with other values of these keys.
+    from stages.activations import FEATURE_PARAMS
+
+    assert set(dvc_stages()["features"]["params"]) == set(FEATURE_PARAMS)

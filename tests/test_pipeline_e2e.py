@@ -27,6 +27,7 @@ PLANTED_KEY = f"planted-{uuid.uuid4().hex}"
 OUTS = [
     "data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv",
     "data/train/cat", "data/train/dog", "metrics/data.json",
+    "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
     "models/backbone_notop.h5", "models/model.keras",
     "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission.csv",
 ]
@@ -62,7 +63,7 @@ def pipeline(sample_dir, inception_weights, tmp_path_factory):
 def test_repro_builds_every_declared_output(pipeline):
     project, _, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "train", "evaluate", "submit"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit"]
     for out in OUTS:
         assert (project / out).exists(), f"{out} missing after dvc repro"
     assert len(list((project / "data/train/cat").iterdir())) == 60
@@ -96,6 +97,26 @@ def test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff(pipeline):
         assert re.search(rf"metrics/evaluate/metrics\.json\s+{metric}\s", diff), diff
     shown = dvc(project, env, "exp", "show", "--csv").stdout.splitlines()[0]
     assert "lr" in shown.split(",") and "accuracy" in shown.split(","), shown
+
+
+def test_experiments_on_training_knobs_reuse_the_features(pipeline):
+    # DVC itself says which stages a change of params.yaml makes stale.
+    project, env, _, _ = pipeline
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    try:
+        params_file.write_text(yaml.safe_dump({
+            **params, "lr": 0.5, "epochs": 3, "dropout": 0.5, "dense_units": 8,
+            "val_split": 0.3, "seed": 7, "batch_size": 8, "cut_layer": "mixed4",
+            "head": "gap", "keep": "last", "head_epochs": 1}))
+        status = dvc(project, env, "status", "features").stdout
+        assert "up to date" in status, status
+        assert "train:" in dvc(project, env, "status", "train").stdout
+        params_file.write_text(yaml.safe_dump({**params, "image_size": 80}))
+        assert "features:" in dvc(project, env, "status", "features").stdout
+    finally:
+        params_file.write_text(original)
 
 
 def test_plots_show_renders_every_plot(pipeline):

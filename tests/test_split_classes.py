@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages.split_classes import MAX_EXPANSION, SMALL_ENTRY
+from stages.split_classes import CHUNK, MAX_EXPANSION, SMALL_ENTRY
 from tests.conftest import assert_stage_error, run_stage, write_params
 
 TRAIN_ZIP = "data/raw/train.zip"
@@ -110,6 +110,30 @@ def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, by
         f"{name.split('.')[0]}/{name}" for name in kept)
     assert report(project)["images"] == {"cat": 3, "dog": 2}
     assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+
+
+def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) -> None:
+    # Over two chunks of the thread pool's work: every image is written, counted and
+    # reported once, an unreadable one in the last chunk is listed, and the progress
+    # lines count up to the total.
+    drawn = list(photos.values())
+    entries: list[Entry] = [(f"train/{label}.{n}.jpg", drawn[n % len(drawn)])
+                            for n in range(CHUNK + 3) for label in ("cat", "dog")]
+    entries.append(("train/dog.999.jpg", b"GIF89a, cut off"))
+    write_zip(project, entries)
+    result = split(project)
+    assert result.returncode == 0, result.stderr
+    total = len(entries)
+    assert total > 2 * CHUNK
+    assert extracted(project) == {
+        f"{name.split('/')[1].split('.')[0]}/{name.split('/')[1]}": data
+        for name, data in entries[:-1]}
+    assert report(project)["images"] == {"cat": CHUNK + 3, "dog": CHUNK + 3}
+    assert list(report(project)["unreadable_files"]) == ["dog.999.jpg"]
+    progress = [line for line in result.stderr.splitlines() if line.endswith("images checked")]
+    done = [int(line.split()[1].split("/")[0]) for line in progress]
+    assert done == sorted(done) and done[-1] == total and len(done) >= 2, progress
+    assert all(line.split()[1].endswith(f"/{total}") for line in progress)
 
 
 # --- refused archives -------------------------------------------------------------

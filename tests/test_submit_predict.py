@@ -2,36 +2,44 @@
 
 One MobileNet (alpha 0.25, 96 px) with random weights whose BatchNormalization is
 calibrated on the drawn photos (conftest's `mobilenet_random_weights`), cut at
-`conv_pw_3_relu`, is built and saved once per module; each test runs the scripts in a
-fresh project folder holding params.yaml, data/raw/test.zip,
-data/raw/sample_submission.csv and models/model.keras.
+`conv_pw_3_relu`, is built and saved once per module. submit reads the features
+stage's output: conftest's `extracted_features` runs that stage once (same weights
+file, same params) on a test.zip of the 20 drawn test photos, a grayscale PNG and a
+corrupt JPEG, listed shuffled in sample_submission.csv; each submit test runs in a
+copy of that project with models/model.keras added. The id/image mismatches are
+found by the features stage (stages/test_set.py), so those tests run it.
 
-The expected predictions come from pixels decoded with Pillow (conftest's
-`photo_pixels`), not with the project's own decoder (`stages.images.decode_image`),
-so that a decoding bug cannot hide by being on both sides of the comparison.
+The expected predictions come from the whole saved model applied to pixels decoded
+with Pillow (conftest's `photo_pixels`), not from the project's own decoder
+(`stages.images.decode_image`) nor from the cached features, so that neither a
+decoding bug nor a features/model mismatch can hide by being on both sides of the
+comparison.
 """
 
 from __future__ import annotations
 
 import csv
-import random
 import shutil
-import zipfile
+import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, assert_stage_error, photo_pixels, run_stage, write_params
+from tests.conftest import (
+    ROOT,
+    SMALL_NETWORK,
+    Extracted,
+    assert_stage_error,
+    gray_png,
+    photo_pixels,
+    run_stage,
+    write_params,
+)
 
-SIZE = 96
+SIZE = SMALL_NETWORK["image_size"]
 IMAGES = 20
-SMALL = {
-    "backbone": "MobileNet", "alpha": 0.25, "image_size": SIZE,
-    "cut_layer": "conv_pw_3_relu", "unfreeze_after": "conv_pw_3_relu",
-    "head": "gap", "dense_units": 0, "batch_size": 8,
-}
+SMALL = SMALL_NETWORK
 # How far a JPEG's prediction may be from the one on Pillow's pixels. JPEG decoders
 # may differ: TensorFlow uses libjpeg's fast integer IDCT, Pillow its accurate one, up
 # to 4 levels on a pixel (0.5 to 1 on average on these photos), which moves this
@@ -40,12 +48,12 @@ SMALL = {
 # catches what the JPEG tolerance could hide (channels swapped, grayscale expanded
 # wrongly, resized values truncated instead of rounded).
 JPEG_TOLERANCE = 0.1
-PNG_TOLERANCE = 1e-5
+PNG_TOLERANCE = 1e-5  # float32 arithmetic, in another order
 
 
-def tolerance(photo: Path) -> float:
+def is_png(photo: Path) -> bool:
     with Image.open(photo) as image:
-        return PNG_TOLERANCE if image.format == "PNG" else JPEG_TOLERANCE
+        return image.format == "PNG"
 
 
 def kinds(photos: list[Path]) -> set[tuple[str, str]]:
@@ -84,43 +92,34 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def photos(sample_dir: Path) -> list[Path]:
     """The drawn test photos: colour and grayscale JPEGs, and PNGs named .jpg."""
     return [sample_dir / "test" / f"{n}.jpg" for n in range(1, IMAGES + 1)]
 
 
-@pytest.fixture
-def gray_png(photos: list[Path], tmp_path: Path) -> Path:
+@pytest.fixture(scope="module", name="gray_png")
+def gray_png_file(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A grayscale PNG named .jpg (the drawn test photos have grayscale JPEGs only)."""
-    path = tmp_path / "gray" / f"{IMAGES + 1}.jpg"
-    path.parent.mkdir()
-    with Image.open(photos[0]) as image:
-        image.convert("L").save(path, format="PNG")
-    return path
+    return gray_png(photos[0], tmp_path_factory.mktemp("gray") / f"{IMAGES + 1}.jpg")
 
 
-def make_project(root: Path, model_file: Path, photos: list[Path], ids: list[str] | None = None,
-                 corrupt: dict[str, bytes] | None = None, **params: Any) -> Path:
-    """A project folder for submit: test.zip holds `photos` (as test/N.jpg, in reverse
-    order), the sample lists `ids` (default: the photos' ids, shuffled)."""
+# --- submit -----------------------------------------------------------------
+
+def submit_project(root: Path, extracted: Extracted, model_file: Path, **params: object) -> Path:
+    """A copy of the extracted project (test.zip, sample, data/features) with the
+    model in models/model.keras and params.yaml's SMALL plus `params`."""
+    shutil.copytree(extracted.project, root)
+    shutil.copy(model_file, root / "models" / "model.keras")
     write_params(root, **{**SMALL, **params})
-    raw = root / "data" / "raw"
-    raw.mkdir(parents=True)
-    with zipfile.ZipFile(raw / "test.zip", "w") as archive:
-        for photo in reversed(photos):
-            data = (corrupt or {}).get(photo.stem, photo.read_bytes())
-            archive.writestr(f"test/{photo.name}", data)
-    if ids is None:
-        ids = [photo.stem for photo in photos]
-        random.Random(0).shuffle(ids)
-    with (raw / "sample_submission.csv").open("w", newline="") as stream:
+    return root
+
+
+def write_sample(project: Path, ids: list[str]) -> None:
+    with (project / "data" / "raw" / "sample_submission.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["id", "label"])
         writer.writerows([image_id, 0.5] for image_id in ids)
-    (root / "models").mkdir()
-    shutil.copy(model_file, root / "models" / "model.keras")
-    return root
 
 
 def read_submission(project: Path) -> list[tuple[str, float]]:
@@ -135,75 +134,118 @@ def read_submission(project: Path) -> list[tuple[str, float]]:
     return [(image_id, float(label)) for image_id, label in rows[1:]]
 
 
-def test_submission_follows_sample_and_clips(tmp_path, model_file, photos):
-    project = make_project(tmp_path, model_file, photos, clip=0.4)
+@pytest.fixture(scope="module")
+def unclipped(tmp_path_factory: pytest.TempPathFactory, extracted_features: Extracted,
+              model_file: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """submit with clip 0, run once for the tests that read its rows and its warnings."""
+    project = submit_project(tmp_path_factory.mktemp("unclipped") / "project",
+                             extracted_features, model_file, clip=0.0)
+    result = run_stage("submit", project)
+    assert result.returncode == 0, result.stderr
+    return project, result
+
+
+def test_submission_follows_sample_and_clips(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file, clip=0.4)
+    # The sample's order is neither the archive's nor sorted: read_submission's check bites.
+    ids = extracted_features.ids
+    assert ids != sorted(ids, key=int) and ids != sorted(ids, key=int, reverse=True)
     result = run_stage("submit", project)
     assert result.returncode == 0, result.stderr
     rows = read_submission(project)
-    assert len(rows) == IMAGES
+    assert len(rows) == len(ids)
     labels = [label for _, label in rows]
     assert all(0.4 <= label <= 0.6 for label in labels)
     # The model's spread-out outputs hit both bounds: clipping happened.
     assert 0.4 in labels and 0.6 in labels, labels
     assert "Traceback" not in result.stderr
-    progress = [line for line in result.stderr.splitlines() if "/20 images" in line]
-    assert 1 <= len(progress) <= 11 and "20/20 images (100%" in progress[-1]
+    count = len(ids)
+    progress = [line for line in result.stderr.splitlines() if f"/{count} images" in line]
+    assert 1 <= len(progress) <= 11 and f"{count}/{count} images (100%" in progress[-1]
+
+
+def float16_bound(model, pixels):
+    """How far each image's P(dog) may move when frozen_base's activations are cached
+    as float16 (round to nearest, 11-bit significand: each activation moves by at most
+    2^-11 of itself). This model's head is a Dense layer on their spatial mean, so its
+    logit moves by at most 2^-11 * |kernel| . mean(|activations|), and the sigmoid,
+    whose slope is at most 1/4, by a quarter of that: 2e-3 to 3.5e-3 on these photos
+    (the PNGs' measured differences are below 1.5e-4: the roundings mostly cancel)."""
+    import numpy as np
+
+    activations = model.get_layer("frozen_base")(model.get_layer("preprocessing")(pixels))
+    means = np.abs(np.asarray(activations)).mean(axis=(1, 2))
+    kernel, _ = model.get_layer("head").layers[-1].get_weights()
+    assert [type(layer).__name__ for layer in model.get_layer("head").layers] == [
+        "GlobalAveragePooling2D", "Dropout", "Dense"]  # what the bound assumes
+    return 0.25 * 2.0 ** -11 * (means @ np.abs(kernel)).ravel()
 
 
 def assert_predictions_match(predicted: dict[str, float], photos: list[Path],
-                             model_file: Path) -> None:
-    """`predicted` (by id) is the model's P(dog) on Pillow's pixels of each photo."""
+                             model_file: Path, features: bool = False) -> None:
+    """`predicted` (by id) is the model's P(dog) on Pillow's pixels of each photo; with
+    `features`, from activations cached as float16, which PNG's tolerance allows for."""
     import numpy as np
 
     from stages.network import load_model
 
     # Every kind of image a decoding bug could hide in: colour and grayscale, lossy
-    # and lossless (where the comparison is exact).
+    # and lossless (where the comparison is tight).
     assert kinds(photos) >= {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
     model = load_model(model_file)
-    expected = model.predict(np.stack([photo_pixels(photo, SIZE) for photo in photos]),
-                             verbose=0).ravel()
-    for photo, probability in zip(photos, expected, strict=True):
-        assert predicted[photo.stem] == pytest.approx(probability, abs=tolerance(photo)), (
+    pixels = np.stack([photo_pixels(photo, SIZE) for photo in photos])
+    expected = model.predict(pixels, verbose=0).ravel()
+    rounding = float16_bound(model, pixels) if features else np.zeros(len(photos))
+    for photo, probability, bound in zip(photos, expected, rounding, strict=True):
+        allowed = PNG_TOLERANCE + float(bound) if is_png(photo) else JPEG_TOLERANCE
+        assert predicted[photo.stem] == pytest.approx(probability, abs=allowed), (
             f"{photo.name}: {kinds([photo])}")
 
 
-def test_submission_unclipped_matches_model(tmp_path, model_file, photos, gray_png):
-    """With clip 0, the rows are the model's own predictions for each id's image."""
-    photos = [*photos, gray_png]
-    project = make_project(tmp_path, model_file, photos, clip=0.0)
-    result = run_stage("submit", project)
-    assert result.returncode == 0, result.stderr
-    assert_predictions_match(dict(read_submission(project)), photos, model_file)
+def test_submission_unclipped_matches_model(unclipped, extracted_features, model_file):
+    """With clip 0, each readable id's row is the model's own prediction for its image:
+    the features stage's cached activations plus the model's layers above them give
+    what the whole model gives on the photo's pixels."""
+    project, _ = unclipped
+    readable = [photo for image_id, photo in extracted_features.photos.items()
+                if image_id != extracted_features.corrupt]
+    assert_predictions_match(dict(read_submission(project)), readable, model_file,
+                             features=True)
 
 
-def test_sample_id_without_image_fails(tmp_path, model_file, photos):
-    ids = [photo.stem for photo in photos] + ["999999"]
-    project = make_project(tmp_path, model_file, photos, ids=ids)
-    assert_stage_error(run_stage("submit", project), "999999")
-    assert not (project / "data" / "submission.csv").exists()
-
-
-def test_image_without_sample_id_fails(tmp_path, model_file, photos):
-    ids = [photo.stem for photo in photos[1:]]
-    project = make_project(tmp_path, model_file, photos, ids=ids)
-    assert_stage_error(run_stage("submit", project), f"test/{photos[0].name}")
-    assert not (project / "data" / "submission.csv").exists()
-
-
-def test_corrupt_test_image_gets_half(tmp_path, model_file, photos):
-    bad = photos[3].stem
-    corrupt = {bad: photos[3].read_bytes()[:500]}  # a truncated JPEG
-    project = make_project(tmp_path, model_file, photos, corrupt=corrupt, clip=0.005)
-    result = run_stage("submit", project)
-    assert result.returncode == 0, result.stderr
+def test_corrupt_test_image_gets_half(unclipped, extracted_features):
+    project, result = unclipped
+    bad = extracted_features.corrupt
     rows = dict(read_submission(project))
-    assert len(rows) == IMAGES
+    assert len(rows) == len(extracted_features.ids)
     assert rows[bad] == 0.5
     assert sum(label == 0.5 for label in rows.values()) == 1
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and f"test/{bad}.jpg" in warnings[0], result.stderr
     assert "1 unreadable" in result.stderr
+
+
+def assert_features_refused(project: Path, *hints: str) -> None:
+    """The features stage fails with one line holding `hints` and leaves nothing of
+    data/features (the copy's stale one included), so submit refuses to run."""
+    assert (project / "data" / "features" / "index.json").is_file()  # stale, from the copy
+    assert_stage_error(run_stage("features", project), *hints)
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+    assert_stage_error(run_stage("submit", project), "data/features/index.json not found")
+    assert not (project / "data" / "submission.csv").exists()
+
+
+def test_sample_id_without_image_fails(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    write_sample(project, [*extracted_features.ids, "999999"])
+    assert_features_refused(project, "999999", "sample_submission.csv")
+
+
+def test_image_without_sample_id_fails(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    left_out, *ids = extracted_features.ids
+    write_sample(project, ids)
+    assert_features_refused(project, f"test/{left_out}.jpg", "test.zip")
 
 
 # --- predict ----------------------------------------------------------------

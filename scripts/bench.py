@@ -1,0 +1,507 @@
+"""Benchmark, one command (`make bench`): the reference recipe written the naive way
+against the pipeline, on the same photos, in one run.
+
+    python -m scripts.bench [--train 1000] [--test 200] [--steps abc] [...]
+    make bench ARGS="--train 21000 --test 12500"
+
+Steps, each a child process timed from start to exit:
+  a  scripts/naive_recipe.py: image_dataset_from_directory on class folders, fit for
+     `epochs` validating each epoch, then evaluate on the validation subset
+  b  the pipeline's first `dvc repro` of the whole DAG, in a fresh copy of the project
+     (build/bench/<size>/project), with per-stage times
+  c  `dvc exp run -S lr=<--exp-lr>` after b (the copy is committed first, as exp run needs)
+
+The photos are synthetic (scripts/make_layout.py, Kaggle's layout, cached under
+build/bench/layouts/). The pipeline reads the layout through `data_source`; the naive
+recipe reads class folders of hard links to the very same files. The backbone is
+InceptionV3 with RANDOM weights in the real notop file's layout (scripts/random_weights.py):
+the times are the network's, but the accuracies are chance and mean nothing. Pass real
+weights with --weights (and --backbone, --cut-layer, --unfreeze-after for another network).
+
+The recipe (image size, batch size, epochs, lr, split, seed, backbone, layers) is the
+project's params.yaml unless overridden here, and the same for a and b. Prints a table and
+writes it, with every figure's definition, to build/bench/<size>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil  # installed with dvc
+import yaml
+
+from scripts.demo import copy_project, git
+from scripts.make_layout import make_layout
+from scripts.random_weights import INCEPTION_NOTOP
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "build" / "bench"
+# The stages that do the naive recipe's work (train, validate, evaluate); `features`
+# (caching the frozen backbone's activations) belongs to it where the pipeline has it.
+RECIPE_STAGES = ("features", "train", "evaluate")
+# The recipe's keys of params.yaml, with the naive recipe's option for each.
+RECIPE_KEYS = {"backbone": "--backbone", "cut_layer": "--cut-layer",
+               "unfreeze_after": "--unfreeze-after", "image_size": "--image-size",
+               "batch_size": "--batch-size", "epochs": "--epochs", "lr": "--lr",
+               "val_split": "--val-split", "seed": "--seed"}
+SAMPLE_EVERY_S = 0.2  # how often the sampler reads the processes' resident sets
+MIB = 1 << 20
+# DVC's own lines, at the start of a line: one starts a stage, the others end the one running.
+STAGE_START = re.compile(r"^Running stage '([^']+)'")
+STAGE_END = re.compile(r"^(Running stage|Stage '[^']+' didn't change|Updating lock file"
+                       r"|Ran experiment|Use `dvc push`|To track the changes)")
+# Child output worth echoing while it runs: stage starts, one line per epoch.
+ECHOED = re.compile(r"^(Running stage|Epoch \d+/|\d+/\d+ - )")
+
+DEFINITIONS = {
+    "wall_s": "seconds from starting the step's process to its exit (includes Python, "
+              "TensorFlow and DVC start-up); for a stage: from DVC's \"Running stage\" line "
+              "to the line that ends it, so it includes DVC caching the stage's outputs",
+    "images_per_s": "the recipe's work, (training images x epochs + validation images x "
+                    "epochs + validation images [evaluate]), divided by wall_s: the same count "
+                    "in every row, so a whole-DAG row is also charged for its other stages "
+                    "(extracting the data, checking it, predicting the test set)",
+    "cpu_s": "user + system CPU seconds of the step's processes (wait4's rusage): less "
+             "sensitive than wall_s to other programs competing for the CPUs",
+    "max_rss_mib": "largest resident set reached by any ONE process of the step (the step's "
+                   "process or any descendant it waited for), from wait4's rusage: exact",
+    "tree_rss_mib": "highest SUM of the resident sets of the step's processes at one time, "
+                    "sampled every 0.2 s (may miss shorter peaks); for a stage: its own "
+                    "processes, without the dvc process",
+    "accuracy, log_loss": "validation accuracy and log loss (binary cross-entropy): a from "
+                          "Keras's evaluate, b and c from metrics/evaluate/metrics.json. "
+                          "The two recipes validate on the same number of photos but not the "
+                          "same ones (Keras's split vs the pipeline's stratified one). "
+                          "With random weights on synthetic photos (a disc or a square) they "
+                          "say nothing about the recipes' accuracy on real photos",
+}
+
+
+# --- measuring a child process ------------------------------------------------------
+
+@dataclass
+class Stage:
+    name: str
+    wall_s: float
+    tree_rss_mib: float
+
+
+@dataclass
+class Measured:
+    command: list[str]
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    max_rss_mib: float
+    tree_rss_mib: float
+    load_before: float  # 1-minute load average when the step started
+    log: str
+    stages: list[Stage] = field(default_factory=list)
+
+
+class StageClock:
+    """Follows DVC's output to know which stage runs, and when each starts and ends."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current: str | None = None
+        self.began = 0.0
+        self.peak = 0
+        self.stages: list[Stage] = []
+
+    def line(self, text: str, now: float) -> None:
+        with self.lock:
+            if self.current and STAGE_END.match(text):
+                self._close(now)
+            match = STAGE_START.match(text)
+            if match:
+                self.current, self.began, self.peak = match[1], now, 0
+
+    def sample(self, stage_rss: int) -> None:
+        with self.lock:
+            if self.current:
+                self.peak = max(self.peak, stage_rss)
+
+    def finish(self, now: float) -> None:
+        with self.lock:
+            if self.current:
+                self._close(now)
+
+    def _close(self, now: float) -> None:
+        self.stages.append(Stage(self.current or "", now - self.began, self.peak / MIB))
+        self.current = None
+
+
+def sample_memory(root: int, clock: StageClock, done: threading.Event) -> list[int]:
+    """Sum the resident sets of `root`'s process tree every SAMPLE_EVERY_S until `done`;
+    the current stage is charged with its processes only (the tree without `root`)."""
+    peak = [0]
+    try:
+        parent = psutil.Process(root)
+    except psutil.NoSuchProcess:
+        return peak
+    while not done.wait(SAMPLE_EVERY_S):
+        try:
+            own = parent.memory_info().rss
+            children = parent.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        below = 0
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):  # exited since the listing
+                below += child.memory_info().rss
+        clock.sample(below)
+        peak[0] = max(peak[0], own + below)
+    return peak
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path,
+            echo_all: bool) -> Measured:
+    """Run `command`, logging its output to `log`, and measure it (see DEFINITIONS)."""
+    load_before = os.getloadavg()[0]
+    clock, done = StageClock(), threading.Event()
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    peak: list[int] = []
+    sampler = threading.Thread(target=lambda: peak.extend(sample_memory(process.pid, clock, done)))
+    sampler.start()
+    with log.open("w") as stream:
+        reader = threading.Thread(target=copy_output,
+                                  args=(process.stdout, stream, clock, start, echo_all))
+        reader.start()
+        # wait4, not wait: its rusage is this child's and its waited-for descendants'
+        # alone, where getrusage(RUSAGE_CHILDREN) would mix in the earlier steps.
+        _, status, usage = os.wait4(process.pid, 0)
+        end = time.perf_counter()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        # A detached grandchild could hold the pipe open: don't wait for it forever.
+        reader.join(timeout=30)
+    sampler.join()
+    clock.finish(end)
+    return Measured(command=command, returncode=process.returncode, wall_s=end - start,
+                    cpu_s=usage.ru_utime + usage.ru_stime,
+                    max_rss_mib=usage.ru_maxrss * 1024 / MIB,  # ru_maxrss is in KiB on Linux
+                    tree_rss_mib=max(peak, default=0) / MIB, load_before=load_before,
+                    log=str(log), stages=clock.stages)
+
+
+def copy_output(source: TextIO, log: TextIO, clock: StageClock, start: float,
+                echo_all: bool) -> None:
+    """Copy the child's output to the log, timestamp DVC's stage lines, echo progress."""
+    for text in source:
+        now = time.perf_counter()
+        log.write(text)
+        clock.line(text, now)
+        if echo_all or ECHOED.match(text):
+            print(f"  [{now - start:6.1f} s] {text.rstrip()}", flush=True)
+
+
+def check(step: str, measured: Measured) -> None:
+    """Stop on a failed step, showing the end of its log."""
+    if measured.returncode == 0:
+        return
+    tail = Path(measured.log).read_text().splitlines()[-25:]
+    print("\n".join(tail), file=sys.stderr)
+    sys.exit(f"error: step {step} ({' '.join(measured.command)}) failed with exit status "
+             f"{measured.returncode}; full log: {measured.log}")
+
+
+# --- material: photos, class folders, weights -----------------------------------------
+
+def class_folders(layout: Path) -> Path:
+    """cat/ and dog/ of hard links to the layout's training photos (the same files, no
+    copy), beside it: what image_dataset_from_directory reads."""
+    folder = layout.parent / "classes"
+    photos = sorted((layout / "train").glob("*.jpg"))
+    if folder.is_dir() and sum(1 for _ in folder.glob("*/*.jpg")) == len(photos):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    for label in ("cat", "dog"):
+        (folder / label).mkdir(parents=True)
+    for photo in photos:
+        target = folder / photo.name.split(".")[0] / photo.name
+        try:
+            target.hardlink_to(photo)
+        except OSError:  # a file system without hard links
+            shutil.copy2(photo, target)
+    return folder
+
+
+def random_weights(env: dict[str, str]) -> Path:
+    """The random InceptionV3 notop file, written once (in a child: TensorFlow stays out
+    of this process, whose own memory and threads are not under test)."""
+    path = BENCH_DIR / "weights" / INCEPTION_NOTOP
+    if not path.is_file():
+        print(f"bench: writing random InceptionV3 weights to {path}", flush=True)
+        # TensorFlow's start-up lines go to stderr: shown only if the writing fails.
+        done = subprocess.run([sys.executable, "-m", "scripts.random_weights", str(path)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{done.stderr}\nerror: could not write {path} (above)")
+    return path
+
+
+def md5(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "md5").hexdigest()
+
+
+# --- the steps ------------------------------------------------------------------------
+
+def child_env() -> dict[str, str]:
+    """This venv first on PATH (DVC's stage commands call `python`), unbuffered output
+    (stage lines are timestamped as they arrive), quiet TensorFlow, a git identity."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", "bench")
+        env.setdefault(f"GIT_{role}_EMAIL", "bench@localhost")
+    return env
+
+
+def naive_step(recipe: dict[str, Any], classes: Path, weights: Path, out: Path,
+               env: dict[str, str], echo_all: bool) -> dict[str, Any]:
+    result_file = out / "naive.json"
+    result_file.unlink(missing_ok=True)  # never report an earlier run's figures
+    options = [str(part) for key, option in RECIPE_KEYS.items()
+               for part in (option, recipe[key])]
+    command = [sys.executable, "-m", "scripts.naive_recipe", str(classes), str(weights),
+               "--result", str(result_file), *options]
+    measured = measure(command, ROOT, env, out / "logs" / "a-naive.log", echo_all)
+    check("a", measured)
+    result = json.loads(result_file.read_text())
+    return {"measured": measured, **result}
+
+
+def pipeline_metrics(project: Path) -> dict[str, Any]:
+    """Image counts and validation figures from the project's documented metrics files."""
+    evaluated = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    counts = json.loads((project / "metrics/data.json").read_text())["images"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    return {"train_images": sum(counts.values()) - evaluated["images"],
+            "val_images": evaluated["images"],
+            "epochs": params.get("head_epochs", 0) + params["epochs"],
+            "accuracy": evaluated["accuracy"], "log_loss": evaluated["log_loss"],
+            "lr": params["lr"]}
+
+
+def pipeline_steps(steps: str, project: Path, params: dict[str, Any], exp_lr: float,
+                   out: Path, env: dict[str, str], echo_all: bool) -> dict[str, dict[str, Any]]:
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    copy_project(project, params)
+    dvc = shutil.which("dvc", path=env["PATH"])  # this venv's, first on PATH
+    if dvc is None:
+        sys.exit(f"error: no dvc on PATH ({env['PATH']}): run `make setup` first")
+    results = {}
+    print("bench: b  dvc repro (whole DAG)", flush=True)
+    measured = measure([dvc, "repro"], project, env, out / "logs" / "b-repro.log", echo_all)
+    check("b", measured)
+    results["b"] = {"measured": measured, **pipeline_metrics(project)}
+    if "c" in steps:
+        git("add", "-A", cwd=project)  # dvc exp run starts from a commit
+        git("commit", "-q", "-m", "first dvc repro", cwd=project)
+        print(f"bench: c  dvc exp run -S lr={exp_lr}", flush=True)
+        command = [dvc, "exp", "run", "-S", f"lr={exp_lr}"]
+        measured = measure(command, project, env, out / "logs" / "c-exp-run.log", echo_all)
+        check("c", measured)
+        results["c"] = {"measured": measured, **pipeline_metrics(project)}
+    return results
+
+
+# --- report ---------------------------------------------------------------------------
+
+def work(result: dict[str, Any]) -> int:
+    """The recipe's images: training x epochs, validation x epochs, validation once more."""
+    epochs = result["epochs"]
+    return result["train_images"] * epochs + result["val_images"] * (epochs + 1)
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per step, plus for b and c the sum of their recipe stages."""
+    table = []
+    for step, result in results.items():
+        measured: Measured = result["measured"]
+        label = {"a": "naive recipe (fit + evaluate)", "b": "dvc repro (whole DAG)",
+                 "c": " ".join(["dvc exp run -S", measured.command[-1]])}[step]
+        base = {"accuracy": result["accuracy"], "log_loss": result["log_loss"],
+                "images": work(result)}
+        table.append({"step": step, "label": label, "wall_s": measured.wall_s,
+                      "cpu_s": measured.cpu_s,
+                      "max_rss_mib": measured.max_rss_mib,
+                      "tree_rss_mib": measured.tree_rss_mib, **base})
+        recipe = [stage for stage in measured.stages if stage.name in RECIPE_STAGES]
+        if recipe:
+            names = "+".join(stage.name for stage in recipe)
+            table.append({"step": f"{step}'", "label": f"  of which {names}",
+                          "wall_s": sum(stage.wall_s for stage in recipe), "cpu_s": None,
+                          "max_rss_mib": None,
+                          "tree_rss_mib": max(stage.tree_rss_mib for stage in recipe), **base})
+    for row in table:
+        row["images_per_s"] = row["images"] / row["wall_s"]
+    return table
+
+
+def ratios(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row against a: wall time, images/s, and the peak RSS measured for both."""
+    naive = next((row for row in table if row["step"] == "a"), None)
+    if naive is None:
+        return []
+    found = []
+    for row in table:
+        if row["step"] == "a":
+            continue
+        rss_kind = "max_rss_mib" if row["max_rss_mib"] is not None else "tree_rss_mib"
+        cpu = None if row["cpu_s"] is None else row["cpu_s"] / naive["cpu_s"]
+        found.append({"ratio": f"{row['step']}/a", "wall_s": row["wall_s"] / naive["wall_s"],
+                      "cpu_s": cpu,
+                      "images_per_s": row["images_per_s"] / naive["images_per_s"],
+                      "rss": row[rss_kind] / naive[rss_kind], "rss_kind": rss_kind})
+    return found
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_report(header: str, table: list[dict[str, Any]], found: list[dict[str, Any]],
+                 results: dict[str, dict[str, Any]], random: bool) -> None:
+    print(f"\n{header}")
+    caveat = "  (RANDOM weights, synthetic photos: meaningless)" if random else ""
+    print(f"\n{'step':<5}{'':<40}{'wall s':>9}{'CPU s':>8}{'images/s':>10}{'max RSS MiB':>13}"
+          f"{'tree RSS MiB':>14}{'val acc':>9}{'log loss':>10}{caveat}")
+    for row in table:
+        print(f"{row['step']:<5}{row['label']:<40}{number(row['wall_s']):>9}"
+              f"{number(row['cpu_s']):>8}"
+              f"{number(row['images_per_s']):>10}{number(row['max_rss_mib'], 0):>13}"
+              f"{number(row['tree_rss_mib'], 0):>14}{row['accuracy']:>9.3f}"
+              f"{row['log_loss']:>10.4f}")
+    if found:
+        print(f"\n{'ratio':<8}{'wall time':>11}{'CPU time':>10}{'images/s':>10}{'peak RSS':>10}"
+              "  (RSS compared)")
+        for ratio in found:
+            print(f"{ratio['ratio']:<8}{ratio['wall_s']:>11.2f}{number(ratio['cpu_s'], 2):>10}"
+                  f"{ratio['images_per_s']:>10.2f}"
+                  f"{ratio['rss']:>10.2f}  ({ratio['rss_kind'].removesuffix('_mib')})")
+    for step in ("b", "c"):
+        if step in results:
+            print_stages(step, results[step]["measured"])
+    print("\nwhat the figures mean:")
+    for name, meaning in DEFINITIONS.items():
+        print(f"  {name}: {meaning}")
+    for step, result in results.items():
+        load = result["measured"].load_before
+        if load > 0.5:
+            print(f"note: load average {load:.1f} when step {step} started: other processes "
+                  f"shared the {os.cpu_count()} CPUs, so its times are inflated")
+
+
+def print_stages(step: str, measured: Measured) -> None:
+    print(f"\nstages of {step}{'':<11}{'wall s':>9}{'tree RSS MiB':>14}")
+    for stage in measured.stages:
+        print(f"  {stage.name:<22}{stage.wall_s:>9.1f}{stage.tree_rss_mib:>14,.0f}")
+    outside = measured.wall_s - sum(stage.wall_s for stage in measured.stages)
+    print(f"  {'(dvc outside stages)':<22}{outside:>9.1f}")
+
+
+# --- main -----------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=1000,
+                        help="training photos, half per class, split 80/20 (default: 1000; "
+                             "Kaggle's: 25000)")
+    parser.add_argument("--test", type=int, default=200,
+                        help="test photos, predicted by the pipeline's submit (default: 200)")
+    parser.add_argument("--layout-seed", type=int, default=0, help="seed of the photos")
+    parser.add_argument("--steps", default="abc", choices=("abc", "ab", "bc", "a", "b"),
+                        help="which steps to run (c needs b)")
+    parser.add_argument("--exp-lr", type=float, default=1e-4, help="lr of step c's exp run")
+    parser.add_argument("--weights", type=Path,
+                        help="real notop weights of --backbone (default: random InceptionV3)")
+    parser.add_argument("--verbose", action="store_true", help="echo every line of the steps")
+    for key in RECIPE_KEYS:
+        kind = {"image_size": int, "batch_size": int, "epochs": int, "seed": int,
+                "lr": float, "val_split": float}.get(key, str)
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
+                            help=f"recipe's {key} (default: params.yaml's)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    recipe = {key: base[key] if getattr(args, key) is None else getattr(args, key)
+              for key in RECIPE_KEYS}
+    if args.weights is None and recipe["backbone"] != "InceptionV3":
+        sys.exit("error: the random weights are InceptionV3's: give --weights for "
+                 f"{recipe['backbone']}")
+    env = child_env()
+    size = f"train{args.train}-test{args.test}-{recipe['image_size']}px"
+    out = BENCH_DIR / size
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    print(f"bench: drawing or reusing {args.train:,} + {args.test:,} photos", flush=True)
+    layout = make_layout(BENCH_DIR / "layouts" /
+                         f"train{args.train}-test{args.test}-seed{args.layout_seed}" / "kaggle",
+                         args.train, args.test, args.layout_seed)
+    classes = class_folders(layout)
+    weights = (args.weights or random_weights(env)).resolve()
+    params = {**recipe, "data_source": str(layout), "weights_urls": [str(weights)],
+              "weights_hash": f"md5:{md5(weights)}"}
+
+    results: dict[str, dict[str, Any]] = {}
+    if "a" in args.steps:
+        print("bench: a  naive recipe", flush=True)
+        results["a"] = naive_step(recipe, classes, weights, out, env, args.verbose)
+    if "b" in args.steps:
+        results |= pipeline_steps(args.steps, out / "project", params, args.exp_lr, out, env,
+                                  args.verbose)
+    report(args, recipe, results, layout, weights, out)
+
+
+def report(args: argparse.Namespace, recipe: dict[str, Any],
+           results: dict[str, dict[str, Any]], layout: Path, weights: Path, out: Path) -> None:
+    random = args.weights is None
+    table, header = rows(results), (
+        f"bench: {args.train:,} training photos (split {1 - recipe['val_split']:.0%}/"
+        f"{recipe['val_split']:.0%}), {args.test:,} test photos, {recipe['image_size']} px, "
+        f"batch {recipe['batch_size']}, {recipe['epochs']} epochs, {recipe['backbone']} "
+        f"{'RANDOM weights' if random else f'weights {weights.name}'}, {os.cpu_count()} CPUs"
+        f"\nphotos: {layout} (b, c: data_source) = {layout.parent / 'classes'} "
+        "(a: hard links to the same files)")
+    found = ratios(table)
+    print_report(header, table, found, results, random)
+    document = {
+        "header": header, "args": {k: str(v) for k, v in vars(args).items()}, "recipe": recipe,
+        "layout": str(layout), "weights": str(weights), "random_weights": random,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "definitions": DEFINITIONS, "rows": table, "ratios": found,
+        "steps": {step: {**result, "measured": asdict(result["measured"])}
+                  for step, result in results.items()},
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nbench: results in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The competition's test set: the ids of sample_submission.csv, in its order (the
+order Kaggle expects), and their images in test.zip, one each.
+
+An id without an image, or an image without an id, is an error: Kaggle would
+reject the submission or score it wrongly.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import PurePosixPath
+
+from stages.dataset import IMAGE_EXTENSIONS
+from stages.errors import StageError
+from stages.paths import SAMPLE_SUBMISSION, TEST_ZIP
+
+
+def read_sample_ids() -> list[str]:
+    """The ids of sample_submission.csv, in its order: the order Kaggle expects."""
+    try:
+        with SAMPLE_SUBMISSION.open(newline="") as stream:
+            rows = list(csv.reader(stream))
+    except FileNotFoundError:
+        raise StageError(f"{SAMPLE_SUBMISSION} not found: run `dvc repro fetch_data`") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise StageError(f"{SAMPLE_SUBMISSION} is not a CSV file: {error}") from None
+    if not rows or not rows[0] or rows[0][0].strip().lower() != "id":
+        raise StageError(f"{SAMPLE_SUBMISSION}: expected a header starting with 'id'")
+    ids = [row[0].strip() for row in rows[1:] if row]
+    if not ids:
+        raise StageError(f"{SAMPLE_SUBMISSION} lists no ids")
+    seen: set[str] = set()
+    for image_id in ids:
+        if image_id in seen:
+            raise StageError(f"{SAMPLE_SUBMISSION}: id {image_id} appears twice")
+        seen.add(image_id)
+    return ids
+
+
+def image_entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's images by id (test/123.jpg -> "123")."""
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        path = PurePosixPath(info.filename)
+        # macOS's zip adds __MACOSX/._123.jpg resource forks: not images.
+        if info.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS or (
+                "__MACOSX" in path.parts):
+            continue
+        if path.stem in entries:
+            raise StageError(f"{TEST_ZIP}: two images for id {path.stem}: "
+                             f"{entries[path.stem].filename} and {info.filename}")
+        entries[path.stem] = info
+    return entries
+
+
+def open_test_archive() -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(TEST_ZIP)
+    except FileNotFoundError:
+        raise StageError(f"{TEST_ZIP} not found: run `dvc repro fetch_data`") from None
+    except zipfile.BadZipFile:
+        raise StageError(f"{TEST_ZIP} is not a zip archive (truncated download?): "
+                         "run `dvc repro -f fetch_data`") from None
+
+
+def test_entries(archive: zipfile.ZipFile, ids: list[str]) -> list[zipfile.ZipInfo]:
+    """The archive's image for each id, in the order of `ids`; checked both ways before
+    anything slow, since a submission missing rows, or with rows Kaggle does not know, is
+    rejected (or silently scored wrong)."""
+    entries = image_entries(archive)
+    missing = [image_id for image_id in ids if image_id not in entries]
+    if missing:
+        raise StageError(f"{len(missing)} id(s) of {SAMPLE_SUBMISSION} have no image in "
+                         f"{TEST_ZIP}, first: {missing[0]}; is it the same competition's?")
+    extra = sorted(set(entries) - set(ids))
+    if extra:
+        raise StageError(f"{len(extra)} image(s) of {TEST_ZIP} have no id in "
+                         f"{SAMPLE_SUBMISSION}, first: {entries[extra[0]].filename}")
+    return [entries[image_id] for image_id in ids]
