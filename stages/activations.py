@@ -10,13 +10,14 @@ float16, not float32: half the disk and I/O; its 11-bit mantissa rounds each
 activation by at most 2^-11 of its value, far below what training can tell apart
 (see README, "Features").
 
-index.json records what the rows are (image paths and labels, test ids, the
-unreadable test images) and the params that produced them, so a stage can refuse
+index.json records what the rows are (the class names, image paths and labels, test
+ids, the unreadable test images) and the params that produced them, so a stage can refuse
 features made for another configuration.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -82,12 +83,21 @@ class FeatureFile:
         return self.count
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        outside = rows[(rows < 0) | (rows >= self.count)]
+        if outside.size:
+            raise IndexError(f"row {outside[0]} of {self.count}")
         out = np.empty((len(rows), self.row_bytes), dtype=np.uint8)
-        for i, row in enumerate(np.asarray(rows, dtype=np.int64)):
-            if not 0 <= row < self.count:
-                raise IndexError(f"row {row} of {self.count}")
-            out[i] = np.frombuffer(os.pread(self.descriptor, self.row_bytes,
-                                            self.offset + int(row) * self.row_bytes), np.uint8)
+        # One read per run of consecutive rows: evaluate and submit read them in order (a
+        # batch in one call); training's shuffled batches cost a call per row.
+        bounds = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1), len(rows)] if len(rows) else []
+        for start, end in itertools.pairwise(bounds):
+            size = (end - start) * self.row_bytes
+            data = os.pread(self.descriptor, size,
+                            self.offset + int(rows[start]) * self.row_bytes)
+            if len(data) != size:
+                raise StageError(f"{self.path} is truncated: run `dvc repro -f features`")
+            out[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, self.row_bytes)
         return out.view(DTYPE).reshape(len(rows), *self.shape).astype(np.float32)
 
     def __del__(self) -> None:
@@ -96,10 +106,11 @@ class FeatureFile:
             os.close(descriptor)
 
 
-def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...],
+def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...], classes: list[str],
                 train: list[Sample], test_ids: list[str], unreadable: dict[str, Any]) -> None:
     index = {"params": {key: params[key] for key in FEATURE_PARAMS}, "shape": list(shape),
-             "dtype": DTYPE.name, "train": [[path, label] for path, label in train],
+             "dtype": DTYPE.name, "classes": classes,
+             "train": [[path, label] for path, label in train],
              "test_ids": test_ids, "test_unreadable": unreadable}
     path.write_text(json.dumps(index, indent=1) + "\n")
 
@@ -117,14 +128,17 @@ def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX) -> dict[str,
         if made_with.get(key) != params[key]:
             raise StageError(f"the features were made with {key}: {made_with.get(key)!r}, "
                              f"params.yaml has {params[key]!r}: run `dvc repro features`")
+    if "classes" not in index:
+        raise StageError(f"{path} was made by an older version: run `dvc repro -f features`")
     index["train"] = [(str(path), int(label)) for path, label in index["train"]]
     return index
 
 
 def predict_rows(trained_part: Any, features: FeatureFile, rows: np.ndarray, batch_size: int,
                  what: str) -> np.ndarray:
-    """The model's output (P(dog), float64) for `features[rows]`, batch by batch: the part
-    of the model above the frozen one (stages.network.trained_part) on cached activations."""
+    """The model's outputs for `features[rows]`, batch by batch: float64, a row per image
+    (one column, P(second class), for two classes; a probability per class for more).
+    `trained_part` is the model above its frozen part (stages.network.trained_part)."""
     expected = tuple(trained_part.input_shape[1:])
     if expected != features.shape:
         raise StageError(f"the model takes activations of shape {expected}, the features are "
@@ -133,6 +147,8 @@ def predict_rows(trained_part: Any, features: FeatureFile, rows: np.ndarray, bat
     outputs = []
     for start in range(0, len(rows), batch_size):
         batch = features[rows[start:start + batch_size]]
-        outputs.append(np.asarray(trained_part.predict_on_batch(batch)).reshape(-1))
+        outputs.append(np.asarray(trained_part.predict_on_batch(batch)))
         progress.update(len(batch))
-    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros(0)
+    units = int(trained_part.output_shape[-1])
+    return (np.concatenate(outputs).astype(np.float64) if outputs
+            else np.zeros((0, units)))

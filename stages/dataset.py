@@ -1,33 +1,62 @@
-"""Which images train and which validate: the split every stage agrees on."""
+"""The labelled images: their classes, and which images train and which validate.
+
+The classes are the sub-folders of data/train (split_classes writes one per
+class), sorted: label i is the i-th name. For Kaggle's competition that is
+("cat", "dog"), so dog is label 1 and a two-class model's sigmoid is P(dog).
+"""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 
 from stages.errors import StageError
-from stages.labels import CLASS_NAMES
 
-# What tf.io.decode_image reads (JPEG XL and WebP too, but Kaggle ships .jpg).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
-Sample = tuple[str, int]  # (image path, label: index in CLASS_NAMES)
+Sample = tuple[str, int]  # (image path, label: index in the sorted class names)
+
+
+def class_names(train_dir: Path) -> list[str]:
+    """The class folders of `train_dir`, sorted: label i is the i-th name."""
+    if not train_dir.is_dir():
+        raise StageError(f"{train_dir} not found: run `dvc repro split_classes` first")
+    names = sorted(path.name for path in train_dir.iterdir() if path.is_dir())
+    if len(names) < 2:
+        raise StageError(f"{train_dir} holds {len(names)} class folder(s), a classifier needs "
+                         "two or more: run `dvc repro -f split_classes`")
+    return names
 
 
 def list_samples(train_dir: Path) -> list[Sample]:
-    """Every image of the class folders, class by class, sorted by path."""
+    """Every image of the class folders (sub-folders included), class by class, sorted by path."""
     samples: list[Sample] = []
-    for label, name in enumerate(CLASS_NAMES):
-        folder = train_dir / name
-        if not folder.is_dir():
-            raise StageError(f"{folder} not found: run `dvc repro split_classes` first")
+    for label, name in enumerate(class_names(train_dir)):
         samples += [(path, label) for path in
-                    sorted(str(path) for path in folder.iterdir() if path.is_file())]
+                    sorted(str(path) for path in (train_dir / name).rglob("*") if path.is_file())]
     return samples
 
 
-def split_samples(samples: list[Sample], val_split: float, seed: int
+def check_manifest(train_dir: Path, samples: list[Sample], manifest: Path) -> None:
+    """Refuse class folders that are not what split_classes wrote (the manifest lists
+    them): the stages reading the images depend on the manifest, not on the folder."""
+    try:
+        listed = json.loads(manifest.read_text())["images"]
+    except FileNotFoundError:
+        raise StageError(f"{manifest} not found: run `dvc repro split_classes`") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StageError(f"cannot read {manifest} ({error}): run `dvc repro -f split_classes`"
+                         ) from None
+    expected = sorted(f"{label}/{name}" for label, files in listed.items() for name, *_ in files)
+    found = sorted(Path(path).relative_to(train_dir).as_posix() for path, _ in samples)
+    if found != expected:
+        odd = sorted(set(found) ^ set(expected))
+        raise StageError(f"{train_dir} does not match {manifest} (first difference: "
+                         f"{odd[0] if odd else 'the order'}): run `dvc repro -f split_classes`")
+
+
+def split_samples(samples: list[Sample], classes: list[str], val_split: float, seed: int
                   ) -> tuple[list[Sample], list[Sample]]:
     """Split the samples into train and validation, the same way every time.
 
@@ -38,7 +67,7 @@ def split_samples(samples: list[Sample], val_split: float, seed: int
     rng = random.Random(seed)
     train: list[Sample] = []
     validation: list[Sample] = []
-    for label, name in enumerate(CLASS_NAMES):
+    for label, name in enumerate(classes):
         files = sorted(path for path, sample_label in samples if sample_label == label)
         rng.shuffle(files)
         held_out = round(len(files) * val_split)
@@ -54,7 +83,7 @@ def split_samples(samples: list[Sample], val_split: float, seed: int
 
 def split_files(train_dir: Path, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split the class folders of `train_dir` (see split_samples)."""
-    return split_samples(list_samples(train_dir), val_split, seed)
+    return split_samples(list_samples(train_dir), class_names(train_dir), val_split, seed)
 
 
 def paths_of(samples: list[Sample]) -> list[str]:
@@ -62,5 +91,6 @@ def paths_of(samples: list[Sample]) -> list[str]:
 
 
 def labels_of(samples: list[Sample]) -> np.ndarray:
-    """The labels as the model's targets: one float32 column."""
+    """The labels as the model's targets: one float32 column (the class index: 0/1 for a
+    sigmoid's binary cross-entropy, 0..N-1 for a softmax's sparse categorical one)."""
     return np.array([[label] for _, label in samples], dtype=np.float32)

@@ -7,13 +7,14 @@ that keeps the backbone, its weights, the image size, the preprocessing and
 train, evaluate and submit run only the layers above it.
 
 Writes data/features/: train.npy (a float16 row per image of data/train, in the
-order of index.json, which names them relative to data/train), test.npy (a row
-per id of sample_submission.csv; zeros for an unreadable test image, listed in
-index.json) and index.json.
+order of index.json, which names them relative to data/train), test.npy where the
+data set has a test set (a row per id of sample_submission.csv; zeros for an
+unreadable test image, listed in index.json) and index.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from stages.activations import FeatureWriter, write_index
-from stages.dataset import list_samples
+from stages.dataset import check_manifest, class_names, list_samples
 from stages.errors import StageError, run
 from stages.files import atomic_output, remove
 from stages.params import load_params
@@ -32,10 +33,11 @@ from stages.paths import (
     TEST_FEATURES,
     TRAIN_DIR,
     TRAIN_FEATURES,
+    TRAIN_MANIFEST,
     WEIGHTS_FILE,
 )
 from stages.progress import Progress
-from stages.test_set import open_test_archive, read_sample_ids, test_entries
+from stages.test_set import has_test_set, open_test_archive, read_sample_ids, test_entries
 
 # Images per forward pass. Fixed, not `batch_size`: it does not change the activations,
 # and an experiment on batch_size must not recompute them.
@@ -70,10 +72,12 @@ def extract(extractor: Any, read: Callable[[int], bytes], count: int, destinatio
 def main() -> None:
     params = load_params()
     remove(FEATURES_DIR)  # a failed run must not leave another configuration's features
-    samples = list_samples(TRAIN_DIR)
-    ids = read_sample_ids()
-    with open_test_archive() as archive:
-        infos = test_entries(archive, ids)
+    classes, samples = class_names(TRAIN_DIR), list_samples(TRAIN_DIR)
+    check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
+    test_set = has_test_set()
+    ids = read_sample_ids() if test_set else []
+    with open_test_archive() if test_set else contextlib.nullcontext() as archive:
+        infos = test_entries(archive, ids) if test_set else []
         # TensorFlow only now, after the checks that take a second.
         from stages.network import build_feature_extractor
 
@@ -91,18 +95,22 @@ def main() -> None:
                 index, reason = next(iter(failed.items()))
                 raise StageError(f"{samples[index][0]} cannot be decoded ({reason}): "
                                  "run `dvc repro -f split_classes`")
-            failed = extract(extractor, lambda i: archive.read(infos[i]), len(infos),
-                             staging / TEST_FEATURES.name, "features: test images")
-            if len(failed) == len(ids):
-                raise StageError(f"none of the {len(ids)} test images could be decoded")
+            failed = {}
+            if test_set:
+                failed = extract(extractor, lambda i: archive.read(infos[i]), len(infos),
+                                 staging / TEST_FEATURES.name, "features: test images")
+                if len(failed) == len(ids):
+                    raise StageError(f"none of the {len(ids)} test images could be decoded")
             unreadable = {ids[i]: {"file": infos[i].filename, "reason": reason}
                           for i, reason in sorted(failed.items())}
             # Paths relative to data/train: the features do not care where the folder is.
             names = [(Path(path).relative_to(TRAIN_DIR).as_posix(), label)
                      for path, label in samples]
-            write_index(staging / FEATURES_INDEX.name, params, shape, names, ids, unreadable)
-    print(f"features: wrote {FEATURES_DIR}: {len(samples):,} training and {len(ids):,} test "
-          f"images, {len(unreadable)} unreadable", file=sys.stderr)
+            write_index(staging / FEATURES_INDEX.name, params, shape, classes, names, ids,
+                        unreadable)
+    test = f"{len(ids):,} test images" if test_set else "no test set"
+    print(f"features: wrote {FEATURES_DIR}: {len(samples):,} training images of "
+          f"{len(classes)} classes, {test}, {len(unreadable)} unreadable", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Stage fetch_data: the competition's train.zip, test.zip and sample_submission.csv to data/raw.
+"""Stage fetch_data: the data set's images to data/raw, as train.zip (plus the
+competition's test.zip and sample_submission.csv, where there is a test set).
 
-With `data_source: ""` the bundle is downloaded with the official kaggle client;
-otherwise `data_source` is a local copy: the bundle zip, a folder holding the
-three files, or a folder in the unpacked layout (train/, test/, sample_submission.csv).
+With `data_source: ""` the competition's bundle is downloaded with the official
+kaggle client. Otherwise `data_source` is a local path, one of:
+  - a copy of the competition's data: the bundle zip, a folder holding its three
+    files, or a folder in the unpacked layout (train/, test/, sample_submission.csv);
+  - any labelled image set: a folder with one sub-folder of images per class (the
+    layout keras.utils.image_dataset_from_directory reads), or a zip of one. It has
+    no test set: train.zip alone, which split_classes reads the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import IO, TYPE_CHECKING
 import requests
 
 from stages.errors import StageError, run
-from stages.files import atomic_output, remove
+from stages.files import IMAGE_EXTENSIONS, atomic_output, remove
 from stages.params import load_params
-from stages.paths import DOWNLOAD_DIR, SAMPLE_SUBMISSION, TEST_ZIP, TRAIN_ZIP
+from stages.paths import DOWNLOAD_DIR, RAW_DIR, SAMPLE_SUBMISSION, TEST_ZIP, TRAIN_ZIP
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -31,8 +36,9 @@ NAMES = tuple(path.name for path in OUTPUTS)  # what the competition bundle hold
 CHUNK_BYTES = 1 << 20
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entry timestamps, so rebuilt archives hash the same
 EXPECTED = (
-    "expected the competition's zip, a folder with train.zip, test.zip and "
-    "sample_submission.csv, or a folder with train/, test/ and sample_submission.csv"
+    "expected a folder with one sub-folder of images per class, a zip of one, or the "
+    "competition's data (its zip, or a folder with train.zip, test.zip and "
+    "sample_submission.csv, or with train/, test/ and sample_submission.csv)"
 )
 
 
@@ -87,12 +93,42 @@ def zip_folder(folder: Path, dest: Path) -> None:
         report(temporary, dest, str(folder))
 
 
+def zip_classes(folder: Path, dest: Path) -> None:
+    """Zip a folder of class folders, entries relative to it ("daisy/1.jpg"): the same
+    archive as a zip of the folder, for split_classes to read one way."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file()
+                   and path.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise StageError(f"data_source {folder} holds no {'/'.join(sorted(IMAGE_EXTENSIONS))} "
+                         f"images: {EXPECTED}")
+    with atomic_output(dest) as temporary:
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
+            for path in files:
+                info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), FIXED_TIME)
+                with path.open("rb") as source, archive.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        report(temporary, dest, str(folder))
+
+
+def is_bundle(source: Path) -> bool:
+    """Whether a zip is the competition's bundle (else: a zip of class folders)."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return set(NAMES) <= set(archive.namelist())
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise StageError(f"{source} is not a valid zip file ({error})") from None
+
+
 def copy_local(source: Path) -> None:
     print(f"fetch_data: copying the data from {source}", flush=True)
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise StageError(f"data_source {source} is not a zip file: {EXPECTED}")
-        extract_bundle(source)
+        if is_bundle(source):
+            extract_bundle(source)
+        else:  # a zip of class folders: split_classes checks and reads it
+            with source.open("rb") as stream:
+                write(TRAIN_ZIP, stream, str(source))
     elif all((source / name).is_file() for name in NAMES):
         for name, dest in zip(NAMES, OUTPUTS, strict=True):
             with (source / name).open("rb") as stream:
@@ -107,7 +143,7 @@ def copy_local(source: Path) -> None:
         with (source / SAMPLE_SUBMISSION.name).open("rb") as stream:
             write(SAMPLE_SUBMISSION, stream, str(source))
     elif source.is_dir():
-        raise StageError(f"data_source {source} fits no known layout: {EXPECTED}")
+        zip_classes(source, TRAIN_ZIP)
     else:
         raise StageError(f"data_source {source} does not exist: {EXPECTED}")
 
@@ -187,8 +223,7 @@ def main() -> None:
     competition: str = params["competition"]
     source: str = params["data_source"]
     # Outputs of an earlier run would otherwise be cached by DVC as this run's.
-    for path in OUTPUTS:
-        remove(path)
+    remove(RAW_DIR)
     api = None if source else kaggle_api(competition)  # no credentials: fail in a second
     # A backbone, size or layer name that cannot work fails now, not after the download
     # (imported here: it loads TensorFlow, which a missing credential need not wait for).
@@ -207,8 +242,7 @@ def main() -> None:
             raise StageError(f"{error} (deleted it: run the stage again)") from None
         remove(bundle)  # extracted: a second copy of the data is of no use
     except BaseException:
-        for path in OUTPUTS:  # all three outputs, or none
-            remove(path)
+        remove(RAW_DIR)  # every output, or none
         raise
 
 

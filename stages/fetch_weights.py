@@ -2,7 +2,9 @@
 
 Mirrors in `weights_urls` are tried in order; an entry that is not an http(s)
 URL is a local file, for offline use. The file reaches models/backbone_notop.h5
-only once it is complete and its checksum matches `weights_hash`.
+only once it is complete and its checksum matches `weights_hash`. "keras" for
+either key stands for the file keras.applications publishes for the configured
+backbone, or its checksum (stages/published.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from stages.errors import StageError, run
 from stages.files import atomic_output, remove
 from stages.params import load_params, parse_hash
 from stages.paths import WEIGHTS_FILE
+from stages.published import published_weights
 
 # Small enough that a transfer breaking off keeps nearly all it received: the HTTP
 # client drops the bytes of the read that fails.
@@ -149,12 +152,12 @@ def main() -> None:
     from stages.network import check_architecture
 
     check_architecture(params)
-    expected_hash: str = params["weights_hash"]
+    sources, expected_hash = published_weights(params)  # "keras" read from keras.applications
     algorithm, expected = parse_hash(expected_hash) if expected_hash else ("sha256", "")
 
     remove(WEIGHTS_FILE)  # a stale file must not pass for this run's download
     failures = []
-    for source in params["weights_urls"]:
+    for source in sources:
         print(f"fetch_weights: fetching {source}")
         try:
             # A failure inside the block deletes the partial file: nothing reaches

@@ -10,9 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# The files that are images: what tf.io.decode_image reads (and what
+# keras.utils.image_dataset_from_directory lists).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp"})
+# What reading one file or zip entry can raise: a file's OSError; zipfile's for a damaged
+# entry (bad CRC, broken deflate stream, cut-off data), an encrypted one (RuntimeError)
+# or a compression method it lacks.
+READ_ERRORS = (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError,
+               NotImplementedError)
 
 
 @contextmanager

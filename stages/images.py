@@ -4,19 +4,15 @@ the images that train, evaluate, submit and predict can read."""
 from __future__ import annotations
 
 import re
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
+from stages.files import READ_ERRORS
 from stages.progress import Progress
 
 DECODE_BATCH = 256  # images per progress update
-# What reading one image can raise: a file's OSError; zipfile's for a damaged entry
-# (bad CRC, truncated or odd compression).
-READ_ERRORS = (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:

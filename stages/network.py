@@ -9,7 +9,9 @@ output):
       -> preprocessing (the backbone's own preprocess_input, or x / 255)
       -> frozen_base   (backbone input .. unfreeze_after; never trained)
       -> trainable_base (unfreeze_after .. cut_layer; fine-tuned; absent when empty)
-      -> head          (flatten or global average pooling, Dense, Dropout, sigmoid)
+      -> head          (flatten or global average pooling, Dense, Dropout, then a
+                        sigmoid for two classes or a softmax over N)
+      -> class_names   (the identity, carrying the class names into the saved model)
 
 BatchNormalization layers of the backbone always run in inference mode, keeping
 their ImageNet statistics while the layers around them are fine-tuned (the Keras
@@ -41,6 +43,11 @@ BACKBONES = {
 
 def _normalise(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
+
+
+# A layer param's value for the backbone's own output layer: `cut_layer: last` keeps the
+# whole backbone; `unfreeze_after: last` as well fine-tunes none of it.
+LAST_LAYER = "last"
 
 
 def _closest(name: str, candidates: list[str]) -> str:
@@ -82,16 +89,22 @@ def check_architecture(params: dict[str, Any]) -> None:
     check_layers(build_backbone(params), params)
 
 
+def layer_name(backbone: keras.Model, params: dict[str, Any], key: str) -> str:
+    """The backbone layer that the layer param `key` names (`last`: its output layer)."""
+    return backbone.layers[-1].name if params[key] == LAST_LAYER else params[key]
+
+
 def check_layers(backbone: keras.Model, params: dict[str, Any],
                  keys: tuple[str, ...] = ("unfreeze_after", "cut_layer")) -> None:
     """Fail at once, with the closest names, if a layer param names no layer of the backbone."""
     names = [layer.name for layer in backbone.layers]
     for key in keys:
-        if params[key] not in names:
-            raise StageError(f"{key}: {backbone.name} has no layer '{params[key]}'; "
+        if layer_name(backbone, params, key) not in names:
+            raise StageError(f"{key}: {backbone.name} has no layer '{params[key]}' "
+                             f"('{LAST_LAYER}' names its output); "
                              f"closest: {_closest(params[key], names)}")
-    if "cut_layer" in keys and (
-            names.index(params["unfreeze_after"]) > names.index(params["cut_layer"])):
+    if "cut_layer" in keys and (names.index(layer_name(backbone, params, "unfreeze_after"))
+                                > names.index(layer_name(backbone, params, "cut_layer"))):
         raise StageError(f"unfreeze_after: '{params['unfreeze_after']}' comes after cut_layer "
                          f"'{params['cut_layer']}'; it must be at or below it")
 
@@ -143,14 +156,36 @@ def augmentation(params: dict[str, Any]) -> keras.Sequential | None:
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 
-def build_head(params: dict[str, Any]) -> keras.Sequential:
+@keras.saving.register_keras_serializable(package="dogs_vs_cats")
+class ClassNames(keras.layers.Layer):
+    """The identity on the model's output, carrying the class names: the saved model says
+    what its outputs are, so predict and submit need no params to name them."""
+
+    def __init__(self, names: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = list(names)
+
+    def call(self, probabilities: Any) -> Any:
+        return probabilities
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "names": self.names}
+
+
+def build_head(params: dict[str, Any], classes: int) -> keras.Sequential:
+    """Pooling, the hidden layer, dropout and the output: one sigmoid unit, P(second
+    class), for two classes (as the reference recipe); a softmax over more."""
     pooling = keras.layers.Flatten() if params["head"] == "flatten" else (
         keras.layers.GlobalAveragePooling2D())
     layers = [pooling]
     if params["dense_units"]:
         layers.append(keras.layers.Dense(params["dense_units"], activation="relu"))
-    layers += [keras.layers.Dropout(params["dropout"], seed=params["seed"]),
-               keras.layers.Dense(1, activation="sigmoid")]
+    output = (keras.layers.Dense(1, activation="sigmoid") if classes == 2
+              else keras.layers.Dense(classes, activation="softmax"))
+    layers += [keras.layers.Dropout(params["dropout"], seed=params["seed"]), output]
     return keras.Sequential(layers, name="head")
 
 
@@ -162,7 +197,7 @@ def preprocessing(params: dict[str, Any]) -> keras.layers.Layer:
 
 def frozen_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model:
     """Backbone input .. unfreeze_after: never trained, so its output can be cached."""
-    split = backbone.get_layer(params["unfreeze_after"]).output
+    split = backbone.get_layer(layer_name(backbone, params, "unfreeze_after")).output
     frozen_base = keras.Model(backbone.input, split, name="frozen_base")
     frozen_base.trainable = False
     return frozen_base
@@ -180,14 +215,18 @@ def build_feature_extractor(params: dict[str, Any], weights_file: Path) -> keras
     return keras.Model(inputs, outputs, name="feature_extractor")
 
 
-def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> keras.Model:
-    """Build and compile the model; call it inside a tf.distribute strategy's scope to scale."""
+def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
+                classes: list[str]) -> keras.Model:
+    """Build and compile the model for `classes` (label i is classes[i]); call it inside a
+    tf.distribute strategy's scope to scale."""
     backbone = build_backbone(params)
     check_layers(backbone, params)
     load_backbone_weights(backbone, weights_file)
 
     frozen_base = frozen_part(backbone, params)
-    split = backbone.get_layer(params["unfreeze_after"]).output
+    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
+                                 for key in ("unfreeze_after", "cut_layer"))
+    split = backbone.get_layer(unfreeze_after).output
     size = params["image_size"]
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
@@ -196,12 +235,12 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool) -> 
         x = augment(x)
     x = preprocessing(params)(x)
     x = frozen_base(x)
-    if params["unfreeze_after"] != params["cut_layer"]:
-        cut = backbone.get_layer(params["cut_layer"]).output
+    if unfreeze_after != cut_layer:
+        cut = backbone.get_layer(cut_layer).output
         trainable_base = keras.Model(split, cut, name="trainable_base")
         x = trainable_base(x)
-    outputs = build_head(params)(x)
-    model = keras.Model(inputs, outputs, name=f"{backbone.name}_cats_vs_dogs")
+    outputs = ClassNames(classes, name="class_names")(build_head(params, len(classes))(x))
+    model = keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
     set_phase(model, params, fine_tune)
     return model
 
@@ -225,9 +264,10 @@ def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> No
         for layer in trainable_base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # inference mode: see the module docstring
+    binary = model.output_shape[-1] == 1  # a sigmoid: two classes
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params["lr" if fine_tune else "head_lr"]),
-        loss="binary_crossentropy",
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
 
@@ -254,7 +294,25 @@ def model_image_size(model: keras.Model, model_file: Path) -> int:
     return int(shape[1])
 
 
-def dog_probability(model: keras.Model, images: Any) -> np.ndarray:
-    """P(dog) for a batch of raw 0-255 float32 pixels, as a flat float64 array."""
+def model_class_names(model: keras.Model) -> list[str]:
+    """The class names saved in the model, in the order of its outputs."""
+    if "class_names" in [layer.name for layer in model.layers]:
+        return model.get_layer("class_names").names
+    if model.output_shape[-1] == 1:  # a model saved before the names were: cats vs dogs
+        return ["cat", "dog"]
+    raise StageError(f"{model.name} does not name its {model.output_shape[-1]} classes: "
+                     "run `dvc repro -f train`")
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """The model's outputs as a probability per class (a column each), float64: a sigmoid's
+    single column P(second class) becomes the two columns 1 - p, p."""
+    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    return np.hstack([1 - outputs, outputs]) if outputs.shape[1] == 1 else outputs
+
+
+def predict_probabilities(model: keras.Model, images: Any) -> np.ndarray:
+    """A probability per class (see class_probabilities) for a batch of raw 0-255 float32
+    pixels."""
     # predict_on_batch runs the compiled predict step without building a dataset per call.
-    return np.asarray(model.predict_on_batch(images)).reshape(-1).astype(np.float64)
+    return class_probabilities(model.predict_on_batch(images))

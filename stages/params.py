@@ -21,6 +21,10 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from stages.errors import StageError
 from stages.paths import PARAMS_FILE
 
+# weights_urls / weights_hash value: the file keras.applications publishes for the
+# configured backbone, or its checksum (resolved by stages/published.py).
+KERAS = "keras"
+
 
 def _positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
@@ -46,8 +50,13 @@ def _non_empty_strings(values: list[Any]) -> bool:
     return bool(values) and all(isinstance(value, str) and value.strip() for value in values)
 
 
+def _urls_spec(value: list[Any] | str) -> bool:
+    # The one string is "keras": a single URL is still written as a list of one.
+    return value == KERAS if isinstance(value, str) else _non_empty_strings(value)
+
+
 def _hash_spec(value: str) -> bool:
-    if not value:
+    if value in ("", KERAS):
         return True
     try:
         parse_hash(value)
@@ -69,9 +78,11 @@ def _one_of(*choices: str) -> Callable[[str], bool]:
 PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] = {
     "competition": ((str,), bool, "a Kaggle competition name"),
     "data_source": ((str,), None, "a path, or \"\" to download"),
-    "weights_urls": ((list,), _non_empty_strings, "a non-empty list of URLs or paths"),
+    "weights_urls": ((list, str), _urls_spec,
+                     "a non-empty list of URLs or paths, or \"keras\" (Keras's own file)"),
     "weights_hash": ((str,), _hash_spec,
-                     "\"md5:<32 hex digits>\" or \"sha256:<64 hex digits>\", or \"\" to skip"),
+                     "\"md5:<32 hex digits>\", \"sha256:<64 hex digits>\", \"keras\" (Keras's "
+                     "own checksum), or \"\" to skip"),
     "max_unreadable_fraction": ((int, float), _unit_rate, "in [0, 1)"),
     "backbone": ((str,), bool, "a keras.applications model name"),
     "alpha": ((int, float), _positive, "> 0"),

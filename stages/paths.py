@@ -10,7 +10,8 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 
-# fetch_data
+# fetch_data: RAW_DIR holds TRAIN_ZIP, and TEST_ZIP and SAMPLE_SUBMISSION where the data
+# set has a test set (the competition's does)
 RAW_DIR = Path("data/raw")
 TRAIN_ZIP = RAW_DIR / "train.zip"
 TEST_ZIP = RAW_DIR / "test.zip"
@@ -19,6 +20,10 @@ DOWNLOAD_DIR = Path("data/.kaggle-download")  # scratch: the kaggle client resum
 
 # split_classes
 TRAIN_DIR = Path("data/train")
+# What TRAIN_DIR holds (classes; each image's path, size and CRC-32): the stages that read
+# the images depend on this small file, not on the folder, which DVC would hash again for
+# each of them on every `dvc repro` (seconds for tens of thousands of files).
+TRAIN_MANIFEST = Path("data/train.json")
 DATA_REPORT = Path("metrics/data.json")
 
 # fetch_weights
@@ -27,7 +32,7 @@ WEIGHTS_FILE = Path("models/backbone_notop.h5")
 # features
 FEATURES_DIR = Path("data/features")
 TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_DIR
-TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION
+TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION, if any
 FEATURES_INDEX = FEATURES_DIR / "index.json"
 
 # train
@@ -38,5 +43,6 @@ BACKUP_DIR = Path("models/.train-backup")  # scratch: resumes a killed training
 # evaluate
 EVALUATE_LIVE_DIR = Path("metrics/evaluate")
 
-# submit
-SUBMISSION_FILE = Path("data/submission.csv")
+# submit: SUBMISSION_DIR holds SUBMISSION_FILE where the data set has a test set
+SUBMISSION_DIR = Path("data/submission")
+SUBMISSION_FILE = SUBMISSION_DIR / "submission.csv"

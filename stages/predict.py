@@ -1,4 +1,4 @@
-"""Say cat or dog for image files: `python -m stages.predict [--model FILE] PATH...`.
+"""Name the class of image files: `python -m stages.predict [--model FILE] [--all] PATH...`.
 
 Run from the project root. Each PATH is an image file, or a folder searched
 recursively for .jpg .jpeg .png .gif .bmp files (any case), in sorted order. The
@@ -8,12 +8,18 @@ params.yaml is not read.
 
 Output: one line per file on stdout, in the order given, tab-separated:
 
-    PATH<TAB>dog<TAB>0.973112     the label (dog if P(dog) > 0.5, else cat), then P(dog)
+    PATH<TAB>dog<TAB>0.973112     the most probable class, then its probability
     PATH<TAB>error<TAB>REASON     a file that could not be read or decoded as an image
 
-P(dog) has 6 decimals and is P(dog) on cat lines too. Failures go to stdout as
-well, so every file gets exactly one line, in order, and the output stays easy
-to parse (`cut -f2`); a count of the failures also goes to stderr.
+The class names are the model's own (saved in it by train: the data set's class
+folders, sorted). With --all, a predicted line goes on with every class's
+probability, in the model's class order, as NAME=P fields:
+
+    PATH<TAB>dog<TAB>0.973112<TAB>cat=0.026888<TAB>dog=0.973112
+
+Probabilities have 6 decimals. Failures go to stdout as well, so every file gets
+exactly one line, in order, and the output stays easy to parse (`cut -f2`); a
+count of the failures also goes to stderr.
 
 Exit status: 0 every file predicted; 1 some files failed (the others are still
 predicted); 2 nothing could be done: no PATH, a PATH that does not exist, no
@@ -28,9 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.dataset import IMAGE_EXTENSIONS
 from stages.errors import StageError, run
-from stages.labels import CLASS_NAMES
+from stages.files import IMAGE_EXTENSIONS
 from stages.paths import MODEL_FILE
 from stages.progress import Progress
 
@@ -38,9 +43,10 @@ from stages.progress import Progress
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict",
-        description="Print 'PATH<TAB>cat|dog<TAB>P(dog)' per image, or "
-                    "'PATH<TAB>error<TAB>REASON'. Exit 0: all predicted, 1: some failed, "
-                    "2: nothing done (bad PATH, no images, no model).")
+        description="Print 'PATH<TAB>CLASS<TAB>PROBABILITY' per image (the most probable "
+                    "of the model's classes), or 'PATH<TAB>error<TAB>REASON'. Exit 0: all "
+                    "predicted, 1: some failed, 2: nothing done (bad PATH, no images, no "
+                    "model).")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image file, or folder searched recursively for "
                              f"{' '.join(sorted(IMAGE_EXTENSIONS))} files")
@@ -48,6 +54,8 @@ def parse_args() -> argparse.Namespace:
                         help=f"trained model (default: {MODEL_FILE})")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per model call (default: 32)")
+    parser.add_argument("--all", action="store_true",
+                        help="also print every class's probability, as NAME=P fields")
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -96,10 +104,16 @@ def predict(args: argparse.Namespace) -> int:
         raise StageError(f"{args.model} not found: run `dvc repro train`, or pass --model")
     import numpy as np
 
-    from stages.network import dog_probability, load_model, model_image_size
+    from stages.network import (
+        load_model,
+        model_class_names,
+        model_image_size,
+        predict_probabilities,
+    )
 
     model = load_model(args.model)
     size = model_image_size(model, args.model)
+    classes = model_class_names(model)
     failed = 0
     progress = Progress("predict", len(files))
     # Decoding releases the GIL, so threads decode a batch's files at once. Each file
@@ -109,14 +123,17 @@ def predict(args: argparse.Namespace) -> int:
             batch = files[start:start + args.batch_size]
             loaded = list(pool.map(lambda path: load(path, size), batch))
             good = [index for index, item in enumerate(loaded) if not isinstance(item, str)]
-            probability: dict[int, float] = {}
+            probabilities: dict[int, np.ndarray] = {}
             if good:
-                predicted = dog_probability(model, np.stack([loaded[i] for i in good]))
-                probability = dict(zip(good, predicted, strict=True))
+                predicted = predict_probabilities(model, np.stack([loaded[i] for i in good]))
+                probabilities = dict(zip(good, predicted, strict=True))
             for index, path in enumerate(batch):
-                if index in probability:
-                    p = probability[index]
-                    print(f"{path}\t{CLASS_NAMES[int(p > 0.5)]}\t{p:.6f}")
+                if index in probabilities:
+                    row = probabilities[index]
+                    best = int(row.argmax())
+                    every = "".join(f"\t{name}={p:.6f}" for name, p in zip(classes, row,
+                                                                          strict=True))
+                    print(f"{path}\t{classes[best]}\t{row[best]:.6f}{every if args.all else ''}")
                 else:
                     failed += 1
                     print(f"{path}\terror\t{loaded[index]}")

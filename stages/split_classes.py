@@ -1,12 +1,20 @@
 """Stage split_classes: extract train.zip into one folder per class.
 
-Kaggle's train.zip is flat (train/cat.0.jpg, train/dog.0.jpg, ...); the data
-loader wants data/train/cat/ and data/train/dog/. Entries are extracted straight
-into place (no second copy of the images), each one decoded once with
-TensorFlow's own decoder (the one training uses) so that an unreadable image is
-skipped here, and listed in metrics/data.json, instead of crashing training later.
-TensorFlow's JPEG decoder refuses a truncated file ("Premature end of JPEG data"),
-so a cut-off download is caught by the decode alone.
+The archive holds either one folder per class (`daisy/1.jpg`, `rose/2019/7.png`:
+the layout keras.utils.image_dataset_from_directory reads; images may be nested
+inside a class folder), or, like Kaggle's train.zip, images named after their
+class in one folder (`train/cat.0.jpg`: the class is the name up to its first
+dot). Folders that every image shares (`train/`, `flowers/`) are not classes.
+Hidden files and folders and macOS's `__MACOSX/` are skipped, as are files that
+are not images (by extension) and, beside class folders, images in no class folder
+(counted in metrics/data.json).
+
+Entries are extracted straight into data/train/<class>/ (no second copy of the
+images), each one decoded once with TensorFlow's own decoder (the one training
+uses) so that an unreadable image is skipped here, and listed in
+metrics/data.json, instead of crashing training later. TensorFlow's JPEG decoder
+refuses a truncated file ("Premature end of JPEG data"), so a cut-off download is
+caught by the decode alone.
 """
 
 from __future__ import annotations
@@ -17,18 +25,17 @@ import re
 import stat
 import sys
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from stages.errors import StageError, run
-from stages.files import atomic_output, remove
-from stages.labels import CLASS_NAMES
+from stages.files import IMAGE_EXTENSIONS, READ_ERRORS, atomic_output, remove
 from stages.params import load_params
-from stages.paths import DATA_REPORT, TRAIN_DIR, TRAIN_ZIP
+from stages.paths import DATA_REPORT, TRAIN_DIR, TRAIN_MANIFEST, TRAIN_ZIP
 
-# The class is the file name's prefix: cat.123.jpg -> cat.
-IMAGE_NAME = re.compile(rf"^({'|'.join(CLASS_NAMES)})\.[^/]*\.(jpe?g|png)$", re.IGNORECASE)
+# A file named after its class, Kaggle's way: cat.123.jpg -> cat.
+CLASS_IN_NAME = re.compile(r"^([^.]+)\.[^/]*\.[^./]+$")
 # JPEGs barely compress: an archive, or an entry, that claims to expand more than this
 # is not photos. Entries under SMALL_ENTRY may compress better (a tiny flat image) and
 # cannot hurt.
@@ -36,10 +43,20 @@ MAX_EXPANSION = 50
 SMALL_ENTRY = 1 << 20
 CHUNK = 64  # images per task of the thread pool
 REFETCH = "run `dvc repro -f fetch_data`"
-# What reading a damaged or unsupported entry raises (bad CRC, broken deflate stream,
-# cut-off data, encryption, a compression method zipfile lacks).
-READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-               NotImplementedError)
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image entry of the archive, and where it goes: data/train/<label>/<name>."""
+
+    info: zipfile.ZipInfo
+    label: str
+    name: str  # path inside the class folder ("cat.0.jpg", "2019/7.png")
+
+    @property
+    def listed_as(self) -> str:
+        """How metrics/data.json names it: its path in data/train."""
+        return f"{self.label}/{self.name}"
 
 
 def entry_name(info: zipfile.ZipInfo) -> PurePosixPath:
@@ -86,6 +103,71 @@ def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
                          f"{REFETCH}") from None
 
 
+def is_image(path: PurePosixPath) -> bool:
+    """An image file to use: an image extension, nothing hidden on its way (.DS_Store,
+    .git/, macOS's __MACOSX/._x.jpg resource forks)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not any(
+        part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def check_class_names(labels: set[str]) -> None:
+    """Class names become folder names, metric keys and predict's output columns."""
+    for label in labels:
+        if any(ord(character) < 32 for character in label):
+            raise StageError(f"{TRAIN_ZIP}: class {label!r} has a control character in its "
+                             "name; rename that folder")
+    folded: dict[str, str] = {}
+    for label in sorted(labels):
+        other = folded.setdefault(label.casefold(), label)
+        if other != label:  # one folder on a case-insensitive file system
+            raise StageError(f"{TRAIN_ZIP}: classes '{other}' and '{label}' differ only in "
+                             "case; rename one")
+    if len(labels) < 2:
+        found = f"one class, '{next(iter(labels))}'" if labels else "no class"
+        raise StageError(f"{TRAIN_ZIP} holds images of {found}: a classifier needs two or "
+                         "more (one folder of images per class)")
+
+
+def classify(members: list[zipfile.ZipInfo]) -> tuple[list[Image], int]:
+    """The archive's images with their classes, and how many images have none (see the
+    module docstring for the two layouts)."""
+    entries = [(info, entry_name(info)) for info in members]
+    entries = [(info, path) for info, path in entries if is_image(path)]
+    if not entries:
+        raise StageError(f"{TRAIN_ZIP} holds no {'/'.join(sorted(IMAGE_EXTENSIONS))} images")
+    # Strip the folders every image shares: train/, or the data set's own folder.
+    depth = 0
+    while len({path.parts[depth] for _, path in entries}) == 1 and all(
+            len(path.parts) > depth + 1 for _, path in entries):
+        depth += 1
+    images: list[Image] = []
+    if all(len(path.parts) == depth + 1 for _, path in entries):
+        for info, path in entries:  # one folder: the class is in the file name
+            match = CLASS_IN_NAME.match(path.name)
+            if match:
+                images.append(Image(info, match.group(1).lower(), path.name))
+        if not images:
+            where = f"one folder of images, '{entries[0][1].parts[depth - 1]}'," if depth else (
+                "images")
+            raise StageError(f"{TRAIN_ZIP} holds {where} neither named <class>.<id>.<ext> (as "
+                             "Kaggle's train.zip) nor in class folders: a classifier needs two "
+                             "or more classes, one folder of images each")
+    else:
+        for info, path in entries:  # one folder per class; images beside them have none
+            if len(path.parts) > depth + 1:
+                images.append(Image(info, path.parts[depth], "/".join(path.parts[depth + 1:])))
+    check_class_names({image.label for image in images})
+    # Two entries with one destination (on a case-insensitive file system too) would
+    # overwrite each other.
+    seen: dict[str, str] = {}
+    for image in images:
+        first = seen.setdefault(image.listed_as.casefold(), image.info.filename)
+        if first != image.info.filename:
+            raise StageError(f"{TRAIN_ZIP}: entries '{first}' and '{image.info.filename}' have "
+                             f"the same file name; {REFETCH}")
+    return images, len(entries) - len(images)
+
+
 def workers() -> int:
     """Threads to check images with: one per CPU this process may use (decoding is
     CPU-bound; more threads only contend for the cores and the GIL)."""
@@ -95,16 +177,86 @@ def workers() -> int:
         return os.cpu_count() or 1
 
 
-def main() -> None:
-    params = load_params()
-    max_unreadable: float = params["max_unreadable_fraction"]
-    # Outputs describe this run's archive or nothing: a failed run must not leave the
-    # previous archive's images for a later train to pick up. (DVC removes them too.)
-    remove(TRAIN_DIR)
-    remove(DATA_REPORT)
+def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: float
+                 ) -> tuple[list[Image], dict[str, str]]:
+    """Decode every image and write the readable ones into data/train/<class>/; return
+    those, and why each unreadable one is."""
+    # Imported here, once (not from several threads at once), after the cheap checks.
+    from stages.images import decode_error
 
+    labels = sorted({image.label for image in images})
+    counts = dict.fromkeys(labels, 0)
+    readable: list[Image] = []
+    unreadable: dict[str, str] = {}
+    with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
+        for label in labels:
+            (staging / label).mkdir(parents=True)
+
+        def check(chunk: list[Image]) -> list[tuple[Image, str]]:
+            """Read, decode and, if readable, write each image of `chunk`: (image, why it
+            is unreadable or "")."""
+            checked = []
+            for image in chunk:
+                data = read(archive, image.info)
+                reason = decode_error(data)
+                if not reason:
+                    destination = staging / image.label / image.name
+                    if "/" in image.name:
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                    destination.write_bytes(data)
+                checked.append((image, reason))
+            return checked
+
+        # Each worker reads, decodes and writes its own images, one at a time (bounded
+        # memory), and nothing waits on the main thread. Decoding releases the GIL; so
+        # do the reads (one shared archive handle, locked per entry: cheaper than a
+        # handle per worker, each parsing the directory again) and the writes.
+        chunks = [images[start:start + CHUNK] for start in range(0, len(images), CHUNK)]
+        futures = [pool.submit(check, chunk) for chunk in chunks]
+        try:
+            done = 0
+            for future in futures:  # in order, for the progress lines
+                checked = future.result()
+                for image, reason in checked:
+                    if reason:
+                        unreadable[image.listed_as] = reason
+                    else:
+                        counts[image.label] += 1
+                        readable.append(image)
+                before, done = done, done + len(checked)
+                if done * 10 // len(images) > before * 10 // len(images):  # every 10%
+                    print(f"split_classes: {done}/{len(images)} images checked",
+                          file=sys.stderr)
+        except BaseException:
+            # A damaged entry (refused as a whole) or ^C: stop now, not after the rest.
+            pool.shutdown(cancel_futures=True)
+            raise
+
+        empty = [label for label, count in counts.items() if count == 0]
+        if empty:
+            raise StageError(f"{TRAIN_ZIP}: no readable '{empty[0]}' images; "
+                             "a class with no images cannot be learned")
+        fraction = len(unreadable) / len(images)
+        if fraction > max_unreadable:
+            raise StageError(f"{TRAIN_ZIP}: {len(unreadable)} of {len(images)} images "
+                             f"({fraction:.1%}) are unreadable, over max_unreadable_fraction "
+                             f"{max_unreadable}; fetch the data again")
+    return readable, unreadable
+
+
+def write_manifest(images: list[Image]) -> None:
+    """The manifest (data/train.json): the classes and, per class, each image's path,
+    size and CRC-32 (the archive's own), sorted: it changes exactly when data/train does."""
+    manifest: dict[str, list] = {label: [] for label in sorted({i.label for i in images})}
+    for image in sorted(images, key=lambda image: (image.label, image.name)):
+        manifest[image.label].append([image.name, image.info.file_size, image.info.CRC])
+    with atomic_output(TRAIN_MANIFEST) as partial:
+        partial.write_text(json.dumps({"classes": list(manifest), "images": manifest}) + "\n")
+
+
+def open_archive() -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(TRAIN_ZIP)
+        return zipfile.ZipFile(TRAIN_ZIP)
     except FileNotFoundError:
         raise StageError(f"{TRAIN_ZIP} not found: run `dvc repro fetch_data` first") from None
     except (zipfile.BadZipFile, EOFError, ValueError):
@@ -113,93 +265,29 @@ def main() -> None:
     except OSError as error:
         raise StageError(f"cannot read {TRAIN_ZIP}: {error}") from None
 
-    with archive:
+
+def main() -> None:
+    params = load_params()
+    # Outputs describe this run's archive or nothing: a failed run must not leave the
+    # previous archive's images for a later train to pick up. (DVC removes them too.)
+    for output in (TRAIN_DIR, TRAIN_MANIFEST, DATA_REPORT):
+        remove(output)
+    with open_archive() as archive:
         members = safe_members(archive)
         check_expansion(members, TRAIN_ZIP.stat().st_size)
-        images: list[tuple[zipfile.ZipInfo, str, str]] = []  # (entry, file name, class)
-        for info in members:
-            name = entry_name(info).name
-            match = IMAGE_NAME.match(name)
-            if match:
-                images.append((info, name, match.group(1).lower()))
-        if not images:
-            raise StageError(f"{TRAIN_ZIP} holds no cat.*.jpg or dog.*.jpg files: "
-                             "is it Kaggle's train.zip?")
-        # Entries are flattened into one folder per class: two with one name would
-        # overwrite each other.
-        seen: dict[str, str] = {}
-        for info, name, _ in images:
-            if name.lower() in seen:
-                raise StageError(f"{TRAIN_ZIP}: entries '{seen[name.lower()]}' and "
-                                 f"'{info.filename}' have the same file name; {REFETCH}")
-            seen[name.lower()] = info.filename
-        # Checked before decoding too, so that a wrong archive fails in a second.
-        for label in CLASS_NAMES:
-            if not any(image_label == label for _, _, image_label in images):
-                raise StageError(f"{TRAIN_ZIP} holds no {label}.* images; "
-                                 "a class with no images cannot be learned")
-
-        # Imported here, once (not from several threads at once), after the cheap checks.
-        from stages.images import decode_error
-
-        counts = dict.fromkeys(CLASS_NAMES, 0)
-        unreadable: dict[str, str] = {}
-        with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
-            for label in CLASS_NAMES:
-                (staging / label).mkdir(parents=True)
-
-            def check(chunk: list[tuple[zipfile.ZipInfo, str, str]]) -> list[tuple[str, str, str]]:
-                """Read, decode and, if readable, write each image of `chunk`: (file name,
-                class, why it is unreadable or "")."""
-                checked = []
-                for info, name, label in chunk:
-                    data = read(archive, info)
-                    reason = decode_error(data)
-                    if not reason:
-                        (staging / label / name).write_bytes(data)
-                    checked.append((name, label, reason))
-                return checked
-
-            # Each worker reads, decodes and writes its own images, one at a time (bounded
-            # memory), and nothing waits on the main thread. Decoding releases the GIL; so
-            # do the reads (one shared archive handle, locked per entry: cheaper than a
-            # handle per worker, each parsing the directory again) and the writes.
-            chunks = [images[start:start + CHUNK] for start in range(0, len(images), CHUNK)]
-            futures = [pool.submit(check, chunk) for chunk in chunks]
-            try:
-                done = 0
-                for future in futures:  # in order, for the progress lines
-                    checked = future.result()
-                    for name, label, reason in checked:
-                        if reason:
-                            unreadable[name] = reason
-                        else:
-                            counts[label] += 1
-                    before, done = done, done + len(checked)
-                    if done * 10 // len(images) > before * 10 // len(images):  # every 10%
-                        print(f"split_classes: {done}/{len(images)} images checked",
-                              file=sys.stderr)
-            except BaseException:
-                # A damaged entry (refused as a whole) or ^C: stop now, not after the rest.
-                pool.shutdown(cancel_futures=True)
-                raise
-
-            empty = [name for name, count in counts.items() if count == 0]
-            if empty:
-                raise StageError(f"{TRAIN_ZIP}: no readable '{empty[0]}' images; "
-                                 "a class with no images cannot be learned")
-            fraction = len(unreadable) / len(images)
-            if fraction > max_unreadable:
-                raise StageError(f"{TRAIN_ZIP}: {len(unreadable)} of {len(images)} images "
-                                 f"({fraction:.1%}) are unreadable, over max_unreadable_fraction "
-                                 f"{max_unreadable}; fetch the data again")
-
-    report = {"images": counts, "unreadable": len(unreadable),
-              "unreadable_files": dict(sorted(unreadable.items()))}
+        images, unlabelled = classify(members)  # in a second, before any decoding
+        readable, unreadable = check_images(archive, images, params["max_unreadable_fraction"])
+    write_manifest(readable)
+    counts = {label: 0 for label in sorted({image.label for image in images})}
+    for image in readable:
+        counts[image.label] += 1
+    report = {"classes": sorted(counts), "images": counts, "unlabelled": unlabelled,
+              "unreadable": len(unreadable), "unreadable_files": dict(sorted(unreadable.items()))}
     with atomic_output(DATA_REPORT) as partial:
         partial.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"split_classes: {counts} images in {TRAIN_DIR}, "
-          f"{len(unreadable)} unreadable skipped (listed in {DATA_REPORT})", file=sys.stderr)
+    ignored = f", {unlabelled} images in no class folder ignored" if unlabelled else ""
+    print(f"split_classes: {counts} images in {TRAIN_DIR}, {len(unreadable)} unreadable "
+          f"skipped (listed in {DATA_REPORT}){ignored}", file=sys.stderr)
 
 
 if __name__ == "__main__":

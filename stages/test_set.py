@@ -1,5 +1,6 @@
 """The competition's test set: the ids of sample_submission.csv, in its order (the
-order Kaggle expects), and their images in test.zip, one each.
+order Kaggle expects), and their images in test.zip, one each. A data set of class
+folders has none.
 
 An id without an image, or an image without an id, is an error: Kaggle would
 reject the submission or score it wrongly.
@@ -11,9 +12,19 @@ import csv
 import zipfile
 from pathlib import PurePosixPath
 
-from stages.dataset import IMAGE_EXTENSIONS
 from stages.errors import StageError
-from stages.paths import SAMPLE_SUBMISSION, TEST_ZIP
+from stages.files import IMAGE_EXTENSIONS
+from stages.paths import RAW_DIR, SAMPLE_SUBMISSION, TEST_ZIP
+
+
+def has_test_set() -> bool:
+    """Whether fetch_data wrote a test set (the competition's data) or not (class folders)."""
+    present = {path: path.is_file() for path in (TEST_ZIP, SAMPLE_SUBMISSION)}
+    if len(set(present.values())) == 2:
+        missing = next(path for path, exists in present.items() if not exists)
+        raise StageError(f"{RAW_DIR} has no {missing.name} beside the other test file: "
+                         "run `dvc repro -f fetch_data`")
+    return all(present.values())
 
 
 def read_sample_ids() -> list[str]:

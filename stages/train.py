@@ -35,7 +35,14 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages.activations import FeatureFile, read_index
-from stages.dataset import labels_of, paths_of, split_files, split_samples
+from stages.dataset import (
+    check_manifest,
+    class_names,
+    labels_of,
+    list_samples,
+    paths_of,
+    split_samples,
+)
 from stages.errors import StageError, run
 from stages.files import atomic_output
 from stages.images import load_images
@@ -47,6 +54,7 @@ from stages.paths import (
     TRAIN_DIR,
     TRAIN_FEATURES,
     TRAIN_LIVE_DIR,
+    TRAIN_MANIFEST,
     WEIGHTS_FILE,
 )
 from stages.training import Batches, EpochBatches, EpochRandomness, set_determinism
@@ -145,13 +153,15 @@ class TrainingData:
     validation: Any  # (pixels, labels) in memory, or Batches read from the features
     identity: list  # for the backup's fingerprint
     on_features: bool  # inputs are frozen_base's activations, not pixels
+    classes: list[str]  # label i is classes[i]
 
 
 def feature_data(params: dict[str, Any]) -> TrainingData:
     """The cached activations of the frozen part, read from disk batch by batch."""
     index = read_index(params)
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
-    train_files, val_files = split_samples(index["train"], params["val_split"], params["seed"])
+    train_files, val_files = split_samples(index["train"], index["classes"], params["val_split"],
+                                           params["seed"])
     features = FeatureFile(TRAIN_FEATURES)
     train_rows = np.array([row_of[path] for path, _ in train_files])
     val_rows = np.array([row_of[path] for path, _ in val_files])
@@ -163,12 +173,14 @@ def feature_data(params: dict[str, Any]) -> TrainingData:
         train=EpochBatches(features, train_rows, labels_of(train_files), batch, params["seed"]),
         validation=Batches(features, val_rows, labels_of(val_files), batch),
         identity=[paths_of(train_files), stat.st_size, stat.st_mtime_ns],
-        on_features=True)
+        on_features=True, classes=index["classes"])
 
 
 def pixel_data(params: dict[str, Any]) -> TrainingData:
     """Every image decoded once into memory, for the whole model to train on."""
-    train_files, val_files = split_files(TRAIN_DIR, params["val_split"], params["seed"])
+    samples, classes = list_samples(TRAIN_DIR), class_names(TRAIN_DIR)
+    check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
+    train_files, val_files = split_samples(samples, classes, params["val_split"], params["seed"])
     size = params["image_size"]
     train_images = load_images(paths_of(train_files), size, "train: decoding training images")
     val_images = load_images(paths_of(val_files), size, "train: decoding validation images")
@@ -177,7 +189,7 @@ def pixel_data(params: dict[str, Any]) -> TrainingData:
                            params["batch_size"], params["seed"]),
         validation=(val_images.astype("float32"), labels_of(val_files)),
         identity=[[path, Path(path).stat().st_size] for path, _ in train_files],
-        on_features=False)
+        on_features=False, classes=classes)
 
 
 def train(params: dict[str, Any], data: TrainingData) -> None:
@@ -191,7 +203,7 @@ def train(params: dict[str, Any], data: TrainingData) -> None:
     head_epochs, epochs = params["head_epochs"], params["epochs"]
     total = head_epochs + epochs
     fine_tune = head_epochs == 0 or done > head_epochs
-    model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune)
+    model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune, classes=data.classes)
     # On features, fit the layers above frozen_base: they are shared with `model`.
     trainee = trained_part(model) if data.on_features else model
     set_phase(trainee, params, fine_tune=fine_tune)

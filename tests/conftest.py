@@ -11,6 +11,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import random
 import re
@@ -27,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REAL_SAMPLE = SHARED / "data" / "dogs-vs-cats-sample"
+FLOWERS = SHARED / "data" / "flowers-sample"  # 500 real photos, a folder per class (five)
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 # The same file name as the real one, so the legacy-HDF5 layout is the real one too.
 INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -50,6 +52,12 @@ def real_sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def flowers_dir() -> Path:
+    """Real flower photos in five class folders: only for claims about other data sets."""
+    return needs_shared(FLOWERS, "the shared flowers sample")
+
+
+@pytest.fixture(scope="session")
 def mobilenet_weights() -> Path:
     """Real ImageNet-pretrained MobileNet (alpha 0.25) weights: only for claims about transfer."""
     return needs_shared(MOBILENET_WEIGHTS, "the shared MobileNet weights")
@@ -57,17 +65,22 @@ def mobilenet_weights() -> Path:
 
 # --- photos ---------------------------------------------------------------------
 
+# Background colour of each drawn class (see draw_photo); any other label is a bird.
+BACKGROUNDS = {"cat": (200, 120, 60), "dog": (60, 110, 200), "bird": (70, 170, 70)}
+
+
 def draw_photo(label: str, seed: int) -> bytes:
     """A small photo whose class can be learned: a cat is a dark disc on a warm
-    background, a dog a light square on a cool one. Odd sizes, noise, and some
-    grayscale images (shape still tells them apart) and PNG files, so decoding,
-    resizing and RGB conversion are exercised; a few hundred bytes to a few KB."""
+    background, a dog a light square on a cool one, anything else (a bird) a mid-grey
+    triangle on green. Odd sizes, noise, and some grayscale images (shape still tells
+    them apart) and PNG files, so decoding, resizing and RGB conversion are exercised;
+    a few hundred bytes to a few KB."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     rng = random.Random(f"{label}-{seed}")
     width, height = rng.randint(31, 140), rng.randint(29, 130)
-    base = (200, 120, 60) if label == "cat" else (60, 110, 200)
+    base = BACKGROUNDS.get(label, BACKGROUNDS["bird"])
     background = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in base)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
@@ -75,8 +88,10 @@ def draw_photo(label: str, seed: int) -> bytes:
     x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
     if label == "cat":
         draw.ellipse((x, y, x + size, y + size), fill=(30, 20, 20))
-    else:
+    elif label == "dog":
         draw.rectangle((x, y, x + size, y + size), fill=(235, 235, 225))
+    else:
+        draw.polygon([(x, y + size), (x + size, y + size), (x + size / 2, y)], fill=(128,) * 3)
     png = seed % 5 == 2
     if not png:  # noise would make a PNG tens of KB
         noise = np.random.default_rng(seed).normal(0, 8, (height, width, 3))
@@ -310,6 +325,18 @@ def error_line(stderr: str) -> str:
     return lines[-1]
 
 
+def write_train_manifest(train_dir: Path) -> None:
+    """data/train.json for class folders laid out by hand, as split_classes writes it."""
+    import zlib
+
+    images = {folder.name: [[path.relative_to(folder).as_posix(), path.stat().st_size,
+                             zlib.crc32(path.read_bytes())]
+                            for path in sorted(folder.rglob("*")) if path.is_file()]
+              for folder in sorted(train_dir.iterdir()) if folder.is_dir()}
+    manifest = {"classes": list(images), "images": images}
+    (train_dir.parent / "train.json").write_text(json.dumps(manifest) + "\n")
+
+
 def lay_out_project(root: Path, sample_dir: Path, weights_file: Path, per_class: int,
                     test_images: int = 4, **params: object) -> Path:
     """A project folder as fetch_data, split_classes and fetch_weights leave it:
@@ -323,6 +350,7 @@ def lay_out_project(root: Path, sample_dir: Path, weights_file: Path, per_class:
         folder.mkdir(parents=True)
         for number in range(per_class):
             shutil.copy(sample_dir / "train" / f"{label}.{number}.jpg", folder)
+    write_train_manifest(root / "data" / "train")
     raw = root / "data" / "raw"
     raw.mkdir(parents=True)
     with zipfile.ZipFile(raw / "test.zip", "w") as archive:

@@ -1,5 +1,6 @@
-"""The train/validation split (stages/dataset.py): stratified, complete, and a function
-of the file names, val_split and seed alone, so train and evaluate agree on it.
+"""The classes and the train/validation split (stages/dataset.py): classes are the sorted
+class folders; the split is stratified, complete, and a function of the file names,
+val_split and seed alone, so train and evaluate agree on it.
 
 split_files only lists names, so empty files stand in for images."""
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.dataset import labels_of, split_files
+from stages.dataset import class_names, labels_of, list_samples, split_files
 from stages.errors import StageError
-from stages.labels import CLASS_NAMES
+
+CLASS_NAMES = ("cat", "dog")
 
 SEEDS = (0, 1, 2, 7, 1234, 2024)
 VAL_SPLITS = (0.1, 0.2, 0.25, 0.5)
@@ -88,10 +90,37 @@ def test_a_class_too_small_for_val_split_is_refused(tmp_path: Path, counts: dict
         split_files(train_dir, val_split, 0)
 
 
-def test_a_missing_class_folder_is_refused(tmp_path: Path) -> None:
+def test_one_class_folder_is_refused(tmp_path: Path) -> None:
     train_dir = make_classes(tmp_path / "train", {"cat": 10})
-    with pytest.raises(StageError, match=r"dog not found: run `dvc repro split_classes` first"):
+    with pytest.raises(StageError, match=r"holds 1 class folder\(s\), a classifier needs two "
+                                         r"or more: run `dvc repro -f split_classes`"):
         split_files(train_dir, 0.2, 0)
+
+
+def test_a_missing_train_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"not found: run `dvc repro split_classes` first"):
+        split_files(tmp_path / "train", 0.2, 0)
+
+
+def test_classes_are_the_sorted_folders_and_images_may_be_nested(tmp_path: Path) -> None:
+    train_dir = tmp_path / "train"
+    files = ["tulip/a.jpg", "Rose/2019/b.png", "Rose/a.jpg", "daisy/x/y/c.jpg", "daisy/d.jpg"]
+    for name in files:
+        (train_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (train_dir / name).write_bytes(b"")
+    assert class_names(train_dir) == ["Rose", "daisy", "tulip"]  # sorted() order
+    samples = [(Path(path).relative_to(train_dir).as_posix(), label)
+               for path, label in list_samples(train_dir)]
+    assert samples == [("Rose/2019/b.png", 0), ("Rose/a.jpg", 0), ("daisy/d.jpg", 1),
+                       ("daisy/x/y/c.jpg", 1), ("tulip/a.jpg", 2)]
+
+
+def test_many_classes_each_lose_their_share(tmp_path: Path) -> None:
+    counts = {"a": 10, "b": 20, "c": 30, "d": 40, "e": 50}
+    train, validation = split_files(make_classes(tmp_path / "train", counts), 0.2, 3)
+    for label, count in enumerate(counts.values()):
+        assert sum(1 for _, got in validation if got == label) == count // 5
+        assert sum(1 for _, got in train if got == label) == count - count // 5
 
 
 def test_labels_of_is_one_float32_column() -> None:

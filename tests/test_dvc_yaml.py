@@ -41,8 +41,9 @@ EXEMPT_FOR_STAGE = {
         "checks backbone and layer names before the download, so a typo fails in seconds; "
         "the downloaded data does not depend on the model",
     ("fetch_weights", "stages/network.py"):
-        "checks backbone and layer names before the download; the file is pinned by "
-        "weights_hash, not by the model code",
+        "checks backbone and layer names before the download, and names the backbone whose "
+        "published file `weights_urls: keras` takes; the file is pinned by the params "
+        "(backbone, alpha, image_size) and its checksum, not by the model code",
 }
 # Paths of stages/paths.py that DVC does not track, and why.
 UNTRACKED_PATHS = {
@@ -137,12 +138,12 @@ def test_removing_any_module_from_deps_is_caught():
 
 def test_the_scan_follows_imports_inside_functions_and_through_modules():
     # fetch_data imports network inside main() (exempt); split_classes reaches
-    # labels.py directly and images.py inside main(); train reaches labels.py only
-    # through dataset.py.
+    # files.py directly and images.py inside main(); submit reaches dataset.py only
+    # through activations.py.
     assert "stages/network.py" in imported_modules("stages/fetch_data.py")
     assert "stages/images.py" in imported_modules("stages/split_classes.py")
-    assert "stages/labels.py" not in imported_modules("stages/train.py")
-    assert "stages/labels.py" in required_modules("train", dvc_stages()["train"])
+    assert "stages/dataset.py" not in imported_modules("stages/submit.py")
+    assert "stages/dataset.py" in required_modules("submit", dvc_stages()["submit"])
 
 
 def test_model_code_is_not_a_dependency_of_the_data_stages():

@@ -127,6 +127,24 @@ def test_damaged_feature_file_is_one_line_error(tmp_path, how):
     assert "dvc repro" in message, message  # and says what to do
 
 
+def test_feature_file_reads_any_rows_in_any_order(tmp_path):
+    # Runs of consecutive rows are read in one call: every pattern gives each row's values.
+    rows = random_rows(20, (3, 2))
+    path = tmp_path / "rows.npy"
+    writer = FeatureWriter(path, len(rows), (3, 2))
+    writer.write(rows)
+    writer.close()
+    features = FeatureFile(path)
+    for order in ([], [5], list(range(20)), [3, 4, 5, 9, 10, 0, 1, 19], [7, 7, 8, 6],
+                  list(range(19, -1, -1)), np.array([[2, 3], [4, 11]])):
+        expected = rows[np.asarray(order, dtype=int).reshape(-1)].astype(np.float16)
+        np.testing.assert_array_equal(features[order], expected.astype(np.float32))
+    with pytest.raises(IndexError, match="row 20 of 20"):
+        features[[18, 19, 20]]
+    with pytest.raises(IndexError, match="row -1 of 20"):
+        features[[-1]]
+
+
 def test_writer_refuses_fewer_rows_than_declared(tmp_path):
     writer = FeatureWriter(tmp_path / "short.npy", 5, (2,))
     writer.write(np.ones((3, 2)))
@@ -210,7 +228,26 @@ def test_test_rows_follow_the_sample(extracted_features, extractor):
     # The stage succeeded, and says so with the count of unreadable images.
     last = extracted.result.stderr.strip().splitlines()[-1]
     assert last == (f"features: wrote data/features: {2 * EXTRACTED_PER_CLASS} training "
-                    f"and {len(ids)} test images, 1 unreadable")
+                    f"images of 2 classes, {len(ids)} test images, 1 unreadable")
+
+
+def test_the_extraction_batch_does_not_change_the_rows(tmp_path, extracted_features, extractor,
+                                                      monkeypatch):
+    # EXTRACT_BATCH is fixed, not `batch_size`, because the batch a forward pass runs in
+    # does not change an image's activations (BatchNormalization is in inference mode).
+    import stages.features
+
+    photos = sorted((extracted_features.project / "data" / "train").rglob("*.jpg"))
+    read = [photo.read_bytes() for photo in photos]
+    written = {}
+    for batch in (stages.features.EXTRACT_BATCH, 3):
+        monkeypatch.setattr(stages.features, "EXTRACT_BATCH", batch)
+        path = tmp_path / f"batch{batch}.npy"
+        assert stages.features.extract(extractor, read.__getitem__, len(read), path,
+                                       "features: test") == {}
+        written[batch] = FeatureFile(path)[np.arange(len(read))]
+    first, second = written.values()
+    np.testing.assert_allclose(first, second, rtol=FLOAT16_RTOL, atol=FLOAT32_ATOL)
 
 
 def test_progress_lines(extracted_features):
@@ -269,7 +306,7 @@ def test_submit_refuses_features_of_another_image_size(tmp_path, extracted_featu
     write_params(project, **{**SMALL_NETWORK, "image_size": 128})
     line = assert_stage_error(run_stage("submit", project), "image_size", "dvc repro features")
     assert "96" in line and "128" in line, line
-    assert not (project / "data" / "submission.csv").exists()
+    assert not (project / "data" / "submission" / "submission.csv").exists()
 
 
 def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_weights):
@@ -284,7 +321,26 @@ def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_
     (stale / "index.json").write_text("{}")
     assert_stage_error(run_stage("features", project), "data/train/dog/dog.1.jpg",
                        "split_classes")
-    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "raw", "train", "train.json"]
+
+
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
+        tmp_path, sample_dir, mobilenet_random_weights, change):
+    # The stages that read data/train depend on data/train.json, not on the folder: a
+    # folder changed by hand behind DVC's back must not be read as if it were the one
+    # listed there.
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              test_images=2, **SMALL_NETWORK)
+    cat = project / "data" / "train" / "cat"
+    if change == "added":
+        (cat / "cat.99.jpg").write_bytes((cat / "cat.0.jpg").read_bytes())
+    else:
+        (cat / "cat.1.jpg").unlink()
+    expected = "cat/cat.99.jpg" if change == "added" else "cat/cat.1.jpg"
+    assert_stage_error(run_stage("features", project), "data/train does not match "
+                       "data/train.json", expected, "dvc repro -f split_classes")
 
 
 # --- memory ---------------------------------------------------------------------

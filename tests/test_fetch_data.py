@@ -326,13 +326,55 @@ def test_local_folder_of_zips(project: Path, bundle: Path) -> None:
     assert_outputs_match(project, bundle)
 
 
+def class_folders(folder: Path, sample_dir: Path) -> dict[str, bytes]:
+    """A data set of class folders (nested images, a non-image): name -> bytes of its images."""
+    files = {"daisy/1.jpg": sample_dir / "train/cat.0.jpg",
+             "daisy/2019/2.png": sample_dir / "train/cat.1.jpg",
+             "rose/3.jpeg": sample_dir / "train/dog.0.jpg"}
+    for name, photo in files.items():
+        _write(folder / name, photo.read_bytes())
+    _write(folder / "rose" / "notes.txt", b"not an image")
+    return {name: photo.read_bytes() for name, photo in files.items()}
+
+
+def test_local_class_folders(project: Path, sample_dir: Path) -> None:
+    # Any labelled image set: train.zip alone (no test set), the images under their
+    # paths relative to the data set's folder; split_classes reads the classes from it.
+    images = class_folders(project.parent / "flowers", sample_dir)
+    set_params(project, data_source=str(project.parent / "flowers"))
+    plant_stale_outputs(project)
+    result = fetch_data(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in (project / "data" / "raw").iterdir()) == ["train.zip"]
+    train = project / OUTPUTS[0]
+    assert sorted(names(train)) == sorted(images)
+    assert all(member(train, name) == data for name, data in images.items())
+    first = train.read_bytes()
+    assert fetch_data(project).returncode == 0
+    assert train.read_bytes() == first  # byte-identical: DVC sees no change downstream
+
+
+def test_local_zip_of_class_folders(project: Path, sample_dir: Path) -> None:
+    images = class_folders(project.parent / "flowers", sample_dir)
+    archive = project.parent / "flowers.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for name in images:
+            writer.write(project.parent / "flowers" / name, f"flowers/{name}")
+    set_params(project, data_source=str(archive))
+    result = fetch_data(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in (project / "data" / "raw").iterdir()) == ["train.zip"]
+    assert (project / OUTPUTS[0]).read_bytes() == archive.read_bytes()  # copied as it is
+
+
 @pytest.mark.parametrize(
     ("make", "hint"),
     [
         (lambda folder, _: folder / "missing", "does not exist"),
         (lambda folder, _: _write(folder / "notes.txt", b"not a zip"), "not a zip file"),
         (lambda folder, bundle: _truncated(folder, bundle), "not a zip file"),
-        (lambda folder, _: _write(folder / "other" / "readme.txt", b"").parent, "no known layout"),
+        (lambda folder, _: _write(folder / "other" / "readme.txt", b"").parent,
+         "holds no .bmp/.gif/.jpeg/.jpg/.png images: expected a folder with one sub-folder"),
     ],
     ids=["nonexistent", "not-a-zip", "truncated-zip", "unknown-layout"],
 )

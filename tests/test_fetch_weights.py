@@ -2,7 +2,9 @@
 
 Each test runs the stage as DVC does (`python -m stages.fetch_weights` in a project
 folder) against servers on 127.0.0.1: one that can break a transfer off, honour or
-ignore Range, and logs every request it answers.
+ignore Range, and logs every request it answers. The "keras" values of weights_urls
+and weights_hash (stages/published.py) are tested by calling their resolution: Keras's
+own URLs are on the internet, which the tests never reach.
 """
 
 from __future__ import annotations
@@ -13,13 +15,27 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import assert_stage_error, md5, run_stage, write_params
+from stages.errors import StageError
+from stages.params import load_params
+from stages.published import published_weights
+from tests.conftest import (
+    ROOT,
+    SMALL_NETWORK,
+    assert_stage_error,
+    md5,
+    run_stage,
+    stage_env,
+    write_params,
+)
 
 WEIGHTS = "models/backbone_notop.h5"
 NAME = "weights_notop.h5"
@@ -93,10 +109,14 @@ def serve() -> Iterator:
         mirror.server_close()
 
 
-def closed_port_url() -> str:
+def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}/{NAME}"
+        return probe.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{closed_port()}/{NAME}"
 
 
 @pytest.fixture
@@ -208,3 +228,130 @@ def test_transfer_that_always_breaks_gives_up(project: Path, serve) -> None:
     flaky = serve(break_after=0, break_every_time=True)  # headers, then nothing
     assert_fails(fetch(project, [flaky.url()]), project, flaky.url())
     assert 2 <= len(flaky.requests) <= 5, "retried a few times, then moved on"
+
+
+# --- weights_urls: keras / weights_hash: keras --------------------------------------
+
+INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RECIPE_URLS = [  # the reference recipe's mirror, then Keras's own URL
+    f"https://storage.googleapis.com/mledu-datasets/{INCEPTION_NOTOP}",
+    f"https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/{INCEPTION_NOTOP}",
+]
+RECIPE_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
+KERAS_MOBILENET = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+HASH_SPEC = re.compile(r"md5:[0-9a-f]{32}|sha256:[0-9a-f]{64}")
+
+
+def keras_params(**changes: Any) -> dict[str, Any]:
+    """The shipped params.yaml with `changes`, both weights keys "keras" unless changed."""
+    params = load_params(ROOT / "params.yaml")
+    return {**params, "weights_urls": "keras", "weights_hash": "keras", **changes}
+
+
+def test_default_params_resolve_to_the_reference_recipe_urls_and_md5() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert (params["weights_urls"], params["weights_hash"]) == ("keras", "keras")
+    assert published_weights(params) == (RECIPE_URLS, f"md5:{RECIPE_MD5}")
+
+
+@pytest.mark.parametrize("size", [128, 224])
+def test_mobilenet_file_follows_alpha_and_size_and_has_no_hash(
+        size: int, capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"mobilenet_2_5_{size}_tf_no_top.h5"
+    urls, hash_spec = published_weights(keras_params(backbone="MobileNet", alpha=0.25,
+                                                     image_size=size))
+    assert (urls, hash_spec) == ([KERAS_MOBILENET + name], "")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"fetch_weights: Keras publishes no checksum for {name}; not checking it "
+        "(to pin it, set weights_hash: sha256:<the digest printed once it is written>)"]
+
+
+def test_mobilenet_at_a_size_keras_has_no_file_for_takes_the_224_file_and_says_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    urls, _ = published_weights(keras_params(backbone="MobileNet", alpha=0.5, image_size=150))
+    assert urls == [KERAS_MOBILENET + "mobilenet_5_0_224_tf_no_top.h5"]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    warned, no_hash = captured.err.splitlines()  # one line each, nothing of Keras's own
+    assert warned.startswith("fetch_weights: MobileNet at 150 px loads "
+                             "mobilenet_5_0_224_tf_no_top.h5; Keras warns: "), warned
+    assert "(224, 224)" in warned
+    assert no_hash.startswith("fetch_weights: Keras publishes no checksum")
+
+
+@pytest.mark.parametrize(("backbone", "notop"), [
+    ("EfficientNetB0", "efficientnetb0_notop.h5"),
+    ("ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+])
+def test_other_backbones_resolve_to_their_notop_file_and_keras_checksum(
+        backbone: str, notop: str) -> None:
+    [url], hash_spec = published_weights(keras_params(backbone=backbone, image_size=150))
+    assert url.startswith("https://") and url.endswith(f"/{notop}"), url
+    assert HASH_SPEC.fullmatch(hash_spec), hash_spec
+
+
+def test_a_64_digit_keras_checksum_is_sha256() -> None:
+    # ConvNeXt's published checksums are sha256 digests; Keras tells them by their length.
+    _, hash_spec = published_weights(keras_params(backbone="ConvNeXtTiny"))
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", hash_spec), hash_spec
+
+
+@pytest.mark.parametrize(("backbone", "alpha", "accepted"), [
+    ("MobileNet", 0.3, "use one of 0.25, 0.50, 0.75, 1.0 or set weights_urls"),
+    ("MobileNetV2", 0.25, "use one of 0.35, 0.50, 0.75, 1.0, 1.3, 1.4 or set weights_urls"),
+])
+def test_alpha_keras_has_no_weights_for_is_one_line_saying_what_to_use(
+        backbone: str, alpha: float, accepted: str) -> None:
+    with pytest.raises(StageError) as refused:
+        published_weights(keras_params(backbone=backbone, alpha=alpha, image_size=128))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"alpha: Keras publishes no ImageNet weights for {backbone} "
+                              f"alpha {alpha}; {accepted}"), message
+
+
+def test_explicit_urls_take_keras_checksum_of_the_configured_backbone() -> None:
+    mirrors = ["https://example.com/mirror.h5", "offline/weights.h5"]
+    assert published_weights(keras_params(weights_urls=mirrors)) == (mirrors, f"md5:{RECIPE_MD5}")
+
+
+def test_explicit_urls_and_hash_resolve_to_themselves_without_tensorflow() -> None:
+    # The stage's own download path must not wait for TensorFlow to learn what it was told.
+    code = ("import sys; from stages.published import published_weights; "
+            "print(published_weights({'weights_urls': ['a.h5', 'b.h5'], 'weights_hash': ''})); "
+            "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["(['a.h5', 'b.h5'], '')", "[]"]
+
+
+def test_resolution_reads_only_the_params_the_stage_tracks() -> None:
+    # A key it read but dvc.yaml did not list would leave a stale file after `-S key=...`.
+    tracked = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["fetch_weights"]["params"]
+    params = keras_params(backbone="MobileNet", alpha=0.25, image_size=128)
+    only_tracked = {key: params[key] for key in tracked}
+    assert published_weights(only_tracked) == published_weights(params)
+
+
+def test_stage_with_keras_hash_checks_the_file_against_keras_checksum(
+        project: Path, serve) -> None:
+    mirror = serve()
+    assert_fails(fetch(project, [mirror.url()], weights_hash="keras"), project,
+                 f"md5 is {BODY_MD5}, expected {RECIPE_MD5}")
+
+
+def test_stage_with_keras_urls_unreachable_fails_in_one_line(project: Path) -> None:
+    # Keras's URL made unreachable for certain, here or on a machine with internet access:
+    # the downloads go through a proxy on a closed loopback port.
+    network = {**SMALL_NETWORK, "image_size": 128}
+    write_params(project, weights_urls="keras", weights_hash="keras", **network)
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    result = run_stage("fetch_weights", project, env=stage_env(HTTPS_PROXY=proxy), timeout=120)
+    url = KERAS_MOBILENET + "mobilenet_2_5_128_tf_no_top.h5"
+    assert_fails(result, project, "could not fetch the backbone weights from any of weights_urls",
+                 f"{url}: ")
+    assert f"fetch_weights: fetching {url}" in result.stdout
+    assert "Keras publishes no checksum for mobilenet_2_5_128_tf_no_top.h5" in result.stderr

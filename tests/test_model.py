@@ -16,6 +16,8 @@ from stages.network import build_backbone, build_model, load_model, set_phase
 from stages.params import load_params
 from tests.conftest import ROOT, photo_pixels, write_legacy_weights
 
+CLASSES = ["cat", "dog"]  # the model's classes, as split_classes names them
+
 SIZE = 96
 
 
@@ -80,7 +82,8 @@ MOBILENET_FIRST_LAYERS = r"input_layer(_\d+)?, conv1, conv1_bn, conv1_relu, conv
 def test_unknown_names_fail_with_the_closest_valid_ones(random_mobilenet_file, overrides, key,
                                                        closest):
     with pytest.raises(StageError) as error:
-        build_model(mobilenet_params(**overrides), random_mobilenet_file, fine_tune=True)
+        build_model(mobilenet_params(**overrides), random_mobilenet_file, fine_tune=True,
+                    classes=CLASSES)
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"{key}: "), message
@@ -96,7 +99,40 @@ def test_unknown_names_fail_with_the_closest_valid_ones(random_mobilenet_file, o
 def test_unfreeze_after_above_cut_layer_is_refused(random_mobilenet_file):
     params = mobilenet_params(cut_layer="conv_pw_11_relu", unfreeze_after="conv_pw_13_relu")
     with pytest.raises(StageError, match=r"^unfreeze_after: .* must be at or below it"):
-        build_model(params, random_mobilenet_file, fine_tune=True)
+        build_model(params, random_mobilenet_file, fine_tune=True, classes=CLASSES)
+
+
+@pytest.mark.parametrize(("unfreeze_after", "fine_tuned"), [
+    ("last", []), ("conv_pw_12_relu", ["conv_dw_13", "conv_pw_13"])])
+def test_last_names_the_backbones_output_layer(random_mobilenet_file, unfreeze_after,
+                                               fine_tuned):
+    # `cut_layer: last` keeps the whole backbone; `unfreeze_after: last` fine-tunes none of it.
+    params = mobilenet_params(cut_layer="last", unfreeze_after=unfreeze_after)
+    model = build_model(params, random_mobilenet_file, fine_tune=True, classes=CLASSES)
+    backbone = build_backbone(params)
+    assert model.get_layer("head").input.shape == backbone.output.shape
+    names = [layer.name for layer in model.layers]
+    if not fine_tuned:
+        assert "trainable_base" not in names
+        assert model.get_layer("frozen_base").output.shape == backbone.output.shape
+    else:
+        inside = model.get_layer("trainable_base")
+        assert [layer.name for layer in inside.layers if layer.trainable_weights] == fine_tuned
+
+
+@pytest.mark.parametrize(("classes", "activation", "units", "loss"), [
+    (["cat", "dog"], "sigmoid", 1, "binary_crossentropy"),
+    (["a", "b", "c"], "softmax", 3, "sparse_categorical_crossentropy")])
+def test_two_classes_get_a_sigmoid_more_a_softmax(random_mobilenet_file, classes, activation,
+                                                  units, loss):
+    from stages.network import model_class_names
+
+    model = build_model(mobilenet_params(), random_mobilenet_file, fine_tune=True,
+                        classes=classes)
+    output = model.get_layer("head").layers[-1]
+    assert output.get_config()["activation"] == activation and output.units == units
+    assert model.loss == loss
+    assert model_class_names(model) == classes
 
 
 def test_image_size_below_the_backbone_minimum_is_refused():
@@ -105,7 +141,8 @@ def test_image_size_below_the_backbone_minimum_is_refused():
 
 
 def test_loaded_tensors_equal_those_in_the_file(random_mobilenet_file):
-    model = build_model(mobilenet_params(), random_mobilenet_file, fine_tune=True)
+    model = build_model(mobilenet_params(), random_mobilenet_file, fine_tune=True,
+                        classes=CLASSES)
     expected = file_tensors(random_mobilenet_file)
     loaded = {}
     for part in ("frozen_base", "trainable_base"):
@@ -135,7 +172,7 @@ def test_weights_that_do_not_fit_fail_with_one_line(random_mobilenet_file, tmp_p
     else:
         path.write_text("<html>Not Found</html>")
     with pytest.raises(StageError) as error:
-        build_model(mobilenet_params(), path, fine_tune=True)
+        build_model(mobilenet_params(), path, fine_tune=True, classes=CLASSES)
     message = str(error.value)
     assert "does not fit" in message and "\n" not in message
     if wrong == "other_alpha":
@@ -147,7 +184,8 @@ def test_batchnorm_statistics_and_frozen_part_stay_fixed_while_fine_tuning(
     # BatchNormalization calibrated on the drawn photos keeps the activations from
     # saturating (plain random statistics would): gradients reach the trainable part.
     keras.utils.set_random_seed(0)
-    model = build_model(mobilenet_params(), mobilenet_random_weights, fine_tune=True)
+    model = build_model(mobilenet_params(), mobilenet_random_weights, fine_tune=True,
+                        classes=CLASSES)
     trainable_base = model.get_layer("trainable_base")
     batchnorms = [layer for layer in trainable_base.layers
                   if isinstance(layer, keras.layers.BatchNormalization)]
@@ -176,7 +214,7 @@ def test_batchnorm_statistics_and_frozen_part_stay_fixed_while_fine_tuning(
 
 def test_head_phase_trains_only_the_head(random_mobilenet_file):
     params = mobilenet_params(head_epochs=1)
-    model = build_model(params, random_mobilenet_file, fine_tune=False)
+    model = build_model(params, random_mobilenet_file, fine_tune=False, classes=CLASSES)
     assert not model.get_layer("trainable_base").trainable
     head_weights = len(model.get_layer("head").trainable_weights)
     assert len(model.trainable_weights) == head_weights
@@ -187,7 +225,7 @@ def test_head_phase_trains_only_the_head(random_mobilenet_file):
 @pytest.mark.parametrize(("mode", "low", "high"), [("backbone", -1.0, 1.0), ("unit", 0.0, 1.0)])
 def test_preprocessing_scales_raw_pixels(random_mobilenet_file, mode, low, high):
     model = build_model(mobilenet_params(preprocessing=mode), random_mobilenet_file,
-                        fine_tune=True)
+                        fine_tune=True, classes=CLASSES)
     preprocessing = model.get_layer("preprocessing")
     scaled = np.asarray(preprocessing(np.array([[[[0.0, 127.5, 255.0]]]], dtype="float32")))
     np.testing.assert_allclose(scaled.ravel(), [low, (low + high) / 2, high], atol=1e-6)
@@ -201,7 +239,7 @@ def test_saved_model_predicts_the_same_after_loading(mobilenet_random_weights, s
     keras.utils.set_random_seed(0)
     params = mobilenet_params(head=head, preprocessing="backbone", augment_flip=True,
                               augment_rotation=0.1, augment_zoom=0.1)
-    model = build_model(params, mobilenet_random_weights, fine_tune=True)
+    model = build_model(params, mobilenet_random_weights, fine_tune=True, classes=CLASSES)
     images = drawn_images(sample_dir, 8)
     expected = model.predict(images, verbose=0)
     assert np.ptp(expected) > 0.05, f"predictions barely depend on the image: {expected.ravel()}"

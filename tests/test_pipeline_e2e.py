@@ -29,7 +29,7 @@ OUTS = [
     "data/train/cat", "data/train/dog", "metrics/data.json",
     "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
     "models/backbone_notop.h5", "models/model.keras",
-    "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission.csv",
+    "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission/submission.csv",
 ]
 
 
@@ -134,7 +134,7 @@ def test_plots_show_renders_every_plot(pipeline):
 def test_submission_matches_the_sample(pipeline):
     project, _, _, _ = pipeline
     sample = (project / "data/raw/sample_submission.csv").read_text().splitlines()
-    rows = (project / "data/submission.csv").read_text().splitlines()
+    rows = (project / "data/submission/submission.csv").read_text().splitlines()
     assert rows[0] == "id,label"
     assert [row.split(",")[0] for row in rows[1:]] == [row.split(",")[0] for row in sample[1:]]
     clip = yaml.safe_load((project / "params.yaml").read_text())["clip"]

@@ -48,7 +48,7 @@ def test_a_stage_that_imports_tensorflow_prints_only_its_error(tmp_path, stage):
     result = run_stage(stage, tmp_path, env=env)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: cut_layer: inception_v3 has no layer 'mixed77'; "
+        "error: cut_layer: inception_v3 has no layer 'mixed77' ('last' names its output); "
         "closest: mixed7, mixed9, mixed8, mixed6, mixed5"]
 
 

@@ -1,4 +1,5 @@
-"""Tests of stages/split_classes.py: small train.zip archives built from drawn photos.
+"""Tests of stages/split_classes.py: small train.zip archives built from drawn photos,
+in both layouts (Kaggle's flat `train/cat.0.jpg`, and one folder per class).
 
 Each test writes data/raw/train.zip in a project folder and runs the stage as DVC
 does (`python -m stages.split_classes`). Archives the stage must refuse are checked
@@ -12,6 +13,7 @@ import json
 import stat
 import subprocess
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def assert_refused(result: subprocess.CompletedProcess, project: Path, *hints: s
     """Exit 1, one `error:` line with every hint, no traceback, and no output at all."""
     last = assert_stage_error(result, *hints)
     assert sorted(path.name for path in (project / "data").iterdir()) == ["raw"], \
-        "no data/train and no staging folder"
+        "no data/train, no data/train.json and no staging folder"
     assert not (project / "metrics" / "data.json").exists()
     return last
 
@@ -93,8 +95,14 @@ def test_good_archive(project: Path, photos: dict[str, bytes]) -> None:
     assert extracted(project) == {
         f"{name.split('.')[0]}/{name}": data for name, data in photos.items()
     }
-    assert report(project) == {"images": {"cat": 3, "dog": 3}, "unreadable": 0,
-                               "unreadable_files": {}}
+    assert report(project) == {"classes": ["cat", "dog"], "images": {"cat": 3, "dog": 3},
+                               "unlabelled": 1,  # catalog.jpg
+                               "unreadable": 0, "unreadable_files": {}}
+    # data/train.json lists what data/train holds: name, size and CRC-32 of each image.
+    manifest = json.loads((project / "data" / "train.json").read_text())
+    assert manifest == {"classes": ["cat", "dog"], "images": {
+        label: [[name, len(data), zlib.crc32(data)] for name, data in sorted(photos.items())
+                if name.startswith(label)] for label in ("cat", "dog")}}
 
 
 def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, bytes]) -> None:
@@ -109,7 +117,8 @@ def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, by
     assert sorted(extracted(project)) == sorted(
         f"{name.split('.')[0]}/{name}" for name in kept)
     assert report(project)["images"] == {"cat": 3, "dog": 2}
-    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "raw", "train", "train.json"]
 
 
 def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) -> None:
@@ -129,11 +138,50 @@ def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) 
         f"{name.split('/')[1].split('.')[0]}/{name.split('/')[1]}": data
         for name, data in entries[:-1]}
     assert report(project)["images"] == {"cat": CHUNK + 3, "dog": CHUNK + 3}
-    assert list(report(project)["unreadable_files"]) == ["dog.999.jpg"]
+    assert list(report(project)["unreadable_files"]) == ["dog/dog.999.jpg"]
     progress = [line for line in result.stderr.splitlines() if line.endswith("images checked")]
     done = [int(line.split()[1].split("/")[0]) for line in progress]
     assert done == sorted(done) and done[-1] == total and len(done) >= 2, progress
     assert all(line.split()[1].endswith(f"/{total}") for line in progress)
+
+
+def test_class_folders(project: Path, photos: dict[str, bytes]) -> None:
+    # A zip of a data set's folder: its own top folder is not a class; images may be
+    # nested in a class folder; hidden files, __MACOSX and non-images are skipped; an
+    # image beside the class folders has no class and is counted, not used.
+    drawn = list(photos.values())
+    write_params(project, max_unreadable_fraction=0.2)  # 1 of 6
+    write_zip(project, [
+        ("flowers/daisy/1.jpg", drawn[0]),
+        ("flowers/daisy/2019/june/2.jpg", drawn[1]),
+        ("flowers/daisy/2020/2.jpg", drawn[2]),  # same file name, another sub-folder
+        ("flowers/rose/3.png", drawn[3]),
+        ("flowers/rose/.4.jpg", drawn[4]),  # hidden
+        ("flowers/rose/notes.txt", b"x"),
+        ("flowers/tulip/5.JPEG", drawn[5]),
+        ("flowers/tulip/6.jpg", b"not an image"),
+        ("flowers/cover.jpg", drawn[0]),  # in no class folder
+        ("flowers/.git/x.jpg", drawn[0]),
+        ("__MACOSX/flowers/daisy/._1.jpg", b"resource fork"),
+    ], zipfile.ZIP_DEFLATED)
+    result = split(project)
+    assert result.returncode == 0, result.stderr
+    assert extracted(project) == {"daisy/1.jpg": drawn[0], "daisy/2019/june/2.jpg": drawn[1],
+                                  "daisy/2020/2.jpg": drawn[2], "rose/3.png": drawn[3],
+                                  "tulip/5.JPEG": drawn[5]}
+    listed = report(project)
+    assert list(listed.pop("unreadable_files")) == ["tulip/6.jpg"]
+    assert listed == {"classes": ["daisy", "rose", "tulip"], "unreadable": 1, "unlabelled": 1,
+                      "images": {"daisy": 3, "rose": 1, "tulip": 1}}
+    assert "1 images in no class folder ignored" in result.stderr
+
+
+def test_class_folders_at_the_top_of_the_archive(project: Path, photos: dict[str, bytes]) -> None:
+    label = {"cat": "a", "dog": "b"}
+    write_zip(project, [(f"{label[name[:3]]}/{name}", data) for name, data in photos.items()])
+    assert split(project).returncode == 0
+    assert sorted(extracted(project)) == sorted(f"{label[name[:3]]}/{name}" for name in photos)
+    assert report(project)["classes"] == ["a", "b"]
 
 
 # --- refused archives -------------------------------------------------------------
@@ -162,11 +210,26 @@ REFUSED: dict[str, tuple[Callable[[dict[str, bytes]], list[Entry]], str]] = {
     "absolute": (with_photos(("/etc/x.jpg", b"x")), "'/etc/x.jpg' would be written outside"),
     "drive": (with_photos(("C:/cat.9.jpg", b"x")), "would be written outside"),
     "symlink": (with_photos((symlink("train/cat.9.jpg"), b"/etc/passwd")), "is a symbolic link"),
-    "same-name-twice": (with_photos(("more/dog.1.jpg", b"y")), "have the same file name"),
-    "no-cats-or-dogs": (lambda _: [("train/1.jpg", b"x"), ("readme.txt", b"x")],
-                        "holds no cat.*.jpg or dog.*.jpg files"),
+    # One file on a case-insensitive file system.
+    "same-name-twice": (with_photos(("train/DOG.1.jpg", b"y")), "have the same file name"),
+    "no-classes": (lambda _: [("train/1.jpg", b"x"), ("readme.txt", b"x")],
+                   "holds one folder of images, 'train', neither named <class>.<id>.<ext> (as "
+                   "Kaggle's train.zip) nor in class folders"),
+    "no-classes-at-the-top": (lambda _: [("1.jpg", b"x"), ("2.jpg", b"x")],
+                              "holds images neither named <class>.<id>.<ext>"),
+    "no-images": (lambda _: [("train/readme.txt", b"x")], "holds no .bmp/.gif/.jpeg/.jpg/.png"),
     "only-cats": (lambda photos: [entry for entry in good_entries(photos) if "/cat." in entry[0]],
-                  "holds no dog.* images"),
+                  "holds images of one class, 'cat': a classifier needs two or more"),
+    "one-class-folder": (lambda photos: [(f"flowers/daisy/{n}.jpg", data) for n, data in
+                                         enumerate(photos.values())],
+                         "holds one folder of images, 'daisy', neither named"),
+    "classes-differ-in-case": (lambda photos: [("Rose/1.jpg", photos["cat.0.jpg"]),
+                                               ("rose/2.jpg", photos["cat.1.jpg"]),
+                                               ("tulip/3.jpg", photos["dog.0.jpg"])],
+                               "classes 'Rose' and 'rose' differ only in case; rename one"),
+    "control-character": (lambda photos: [("a\tb/1.jpg", photos["cat.0.jpg"]),
+                                          ("tulip/3.jpg", photos["dog.0.jpg"])],
+                          "class 'a\\tb' has a control character in its name"),
 }
 
 
@@ -274,11 +337,11 @@ def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[st
     assert metrics["images"] == {"cat": 5, "dog": 3}
     assert metrics["unreadable"] == 3
     reasons = metrics["unreadable_files"]
-    assert sorted(reasons) == ["cat.5.jpg", "cat.6.jpg", "dog.7.jpg"]
-    assert reasons["cat.6.jpg"] == "empty file"
-    for name in ("cat.5.jpg", "dog.7.jpg"):  # TensorFlow's reason, without its op noise
+    assert sorted(reasons) == ["cat/cat.5.jpg", "cat/cat.6.jpg", "dog/dog.7.jpg"]
+    assert reasons["cat/cat.6.jpg"] == "empty file"
+    for name in ("cat/cat.5.jpg", "dog/dog.7.jpg"):  # TensorFlow's reason, without op noise
         assert reasons[name] and "{{" not in reasons[name] and "[Op:" not in reasons[name]
-    assert "JPEG" in reasons["cat.5.jpg"] and "format" in reasons["dog.7.jpg"]
+    assert "JPEG" in reasons["cat/cat.5.jpg"] and "format" in reasons["dog/dog.7.jpg"]
 
 
 def test_too_many_unreadable_images_fail(project: Path, photos: dict[str, bytes]) -> None:

@@ -37,6 +37,8 @@ from tests.conftest import (
     write_params,
 )
 
+CLASSES = ["cat", "dog"]  # the model's classes, as split_classes names them
+
 SIZE = SMALL_NETWORK["image_size"]
 IMAGES = 20
 SMALL = SMALL_NETWORK
@@ -77,7 +79,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
     from stages.params import load_params
 
     params = {**load_params(ROOT / "params.yaml"), **SMALL}
-    model = build_model(params, mobilenet_random_weights, fine_tune=True)
+    model = build_model(params, mobilenet_random_weights, fine_tune=True, classes=CLASSES)
     x = np.stack([photo_pixels(sample_dir / "test" / f"{n}.jpg", SIZE)
                   for n in range(1, IMAGES + 1)])
     base = model.get_layer("frozen_base")(model.get_layer("preprocessing")(x))
@@ -126,7 +128,7 @@ def read_submission(project: Path) -> list[tuple[str, float]]:
     """The submission's rows, checked against the sample: header, ids, order, count."""
     with (project / "data" / "raw" / "sample_submission.csv").open(newline="") as stream:
         sample_ids = [row[0] for row in list(csv.reader(stream))[1:]]
-    with (project / "data" / "submission.csv").open(newline="") as stream:
+    with (project / "data" / "submission" / "submission.csv").open(newline="") as stream:
         rows = list(csv.reader(stream))
     assert rows[0] == ["id", "label"]
     assert [row[0] for row in rows[1:]] == sample_ids  # every id once, in the sample's order
@@ -230,9 +232,10 @@ def assert_features_refused(project: Path, *hints: str) -> None:
     data/features (the copy's stale one included), so submit refuses to run."""
     assert (project / "data" / "features" / "index.json").is_file()  # stale, from the copy
     assert_stage_error(run_stage("features", project), *hints)
-    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "raw", "train", "train.json"]
     assert_stage_error(run_stage("submit", project), "data/features/index.json not found")
-    assert not (project / "data" / "submission.csv").exists()
+    assert not (project / "data" / "submission" / "submission.csv").exists()
 
 
 def test_sample_id_without_image_fails(tmp_path, extracted_features, model_file):
@@ -254,6 +257,20 @@ def parse_predictions(stdout: str) -> dict[str, tuple[str, str]]:
     lines = [line.split("\t") for line in stdout.splitlines()]
     assert all(len(fields) == 3 for fields in lines), stdout
     return {path: (label, value) for path, label, value in lines}
+
+
+def parse_all_probabilities(stdout: str) -> dict[str, dict[str, float]]:
+    """`--all` lines: PATH, class, its probability, then NAME=P for every class; checked
+    for consistency (the named class is the most probable; its P is repeated)."""
+    parsed = {}
+    for line in stdout.splitlines():
+        path, label, value, *fields = line.split("\t")
+        every = {name: float(p) for name, _, p in (field.partition("=") for field in fields)}
+        assert list(every) == CLASSES, line
+        assert label == max(every, key=every.__getitem__) and every[label] == float(value), line
+        assert sum(every.values()) == pytest.approx(1, abs=2e-6), line
+        parsed[path] = every
+    return parsed
 
 
 def test_predict_mixed_files(tmp_path, model_file, photos):
@@ -278,9 +295,8 @@ def test_predict_mixed_files(tmp_path, model_file, photos):
     assert list(printed) == ["good.jpg", "x.jpg", "folder/b.jpg", "folder/nested/a.JPG",
                              "folder/truncated.jpg", "empty.png"]
     for path in ("good.jpg", "folder/b.jpg", "folder/nested/a.JPG"):
-        label, value = printed[path]
-        assert 0 <= float(value) <= 1
-        assert label == ("dog" if float(value) > 0.5 else "cat")
+        label, value = printed[path]  # the more probable class, and its probability
+        assert label in CLASSES and 0.5 <= float(value) <= 1
     for path in ("x.jpg", "folder/truncated.jpg", "empty.png"):
         assert printed[path][0] == "error" and printed[path][1]
     assert printed["empty.png"][1] == "empty file"
@@ -289,13 +305,15 @@ def test_predict_mixed_files(tmp_path, model_file, photos):
 
 def test_predict_matches_model_and_exits_zero(tmp_path, model_file, photos, gray_png):
     chosen = [*photos[:7], gray_png]
-    result = run_stage("predict", ROOT, "--model", str(model_file),
+    result = run_stage("predict", ROOT, "--model", str(model_file), "--all",
                         *(str(photo) for photo in chosen))
     assert result.returncode == 0, result.stderr
-    printed = parse_predictions(result.stdout)
+    printed = parse_all_probabilities(result.stdout)
     assert list(printed) == [str(photo) for photo in chosen]
-    predicted = {Path(path).stem: float(value) for path, (_, value) in printed.items()}
+    predicted = {Path(path).stem: every["dog"] for path, every in printed.items()}
     assert_predictions_match(predicted, chosen, model_file)
+    # Both classes are said: the photos are not all given one.
+    assert {max(every, key=every.__getitem__) for every in printed.values()} == set(CLASSES)
 
 
 def test_predict_usage_errors(tmp_path):
