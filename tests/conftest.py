@@ -122,6 +122,24 @@ def make_sample(folder: Path, per_class: int, test_images: int) -> Path:
     return folder
 
 
+DRAWN_CLASSES = ("bird", "cat", "dog")  # a data set of class folders (make_class_folders)
+DRAWN_PER_CLASS = 20
+
+
+def make_class_folders(folder: Path) -> Path:
+    """The data set's own folder (not a class) holding a folder per class; some images
+    nested a level deeper, plus files that are not images."""
+    for label in DRAWN_CLASSES:
+        for number in range(DRAWN_PER_CLASS):
+            nested = "2019/" if number % 4 == 0 else ""
+            path = folder / label / f"{nested}{label}-{number}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(draw_photo(label, number))
+    (folder / "README.txt").write_text("three classes of drawn photos")
+    (folder / "cat" / ".DS_Store").write_bytes(b"\0")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Drawn photos in the sample's layout: 60 per class for training, 20 for the test set."""

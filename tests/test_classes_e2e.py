@@ -13,29 +13,23 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from scripts.demo import copy_project
-from tests.conftest import SMALL_NETWORK, draw_photo, dvc, ran_stages, run_stage, stage_env
+from tests.conftest import (
+    DRAWN_CLASSES,
+    DRAWN_PER_CLASS,
+    SMALL_NETWORK,
+    dvc,
+    make_class_folders,
+    ran_stages,
+    run_stage,
+    stage_env,
+)
 
-CLASSES = ["bird", "cat", "dog"]  # sorted: label i is CLASSES[i]
-PER_CLASS = 20
-
-
-def make_class_folders(folder: Path) -> Path:
-    """The data set's own folder (not a class) holding a folder per class; some images
-    nested a level deeper, plus files that are not images."""
-    for label in CLASSES:
-        for number in range(PER_CLASS):
-            nested = "2019/" if number % 4 == 0 else ""
-            path = folder / label / f"{nested}{label}-{number}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(draw_photo(label, number))
-    (folder / "README.txt").write_text("three classes of drawn photos")
-    (folder / "cat" / ".DS_Store").write_bytes(b"\0")
-    return folder
+CLASSES = list(DRAWN_CLASSES)  # sorted: label i is CLASSES[i]
+PER_CLASS = DRAWN_PER_CLASS
 
 
 @pytest.fixture(scope="module")
