@@ -66,17 +66,18 @@ def mistakes_figure(paths: list[str], labels: np.ndarray, probabilities: np.ndar
     return figure
 
 
-def log_scores(live: Any, labels: np.ndarray, outputs: np.ndarray, classes: list[str]) -> None:
-    """Accuracy, log loss, ROC AUC and per-class precision/recall/F1, with their plots."""
+def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+               ) -> None:
+    """Accuracy, log loss, ROC AUC and per-class precision/recall/F1, with their plots, from
+    a probability per class (a column each)."""
     from sklearn import metrics
 
-    probabilities = class_probabilities(outputs)
     predicted = probabilities.argmax(axis=1)
     every_label = list(range(len(classes)))
     live.log_metric("images", len(labels), plot=False)
     live.log_metric("accuracy", metrics.accuracy_score(labels, predicted), plot=False)
     if len(classes) == 2:  # on P(second class), the competition's way
-        scores, truth = outputs[:, 0], labels
+        scores, truth = probabilities[:, 1], labels
         log_loss = metrics.log_loss(labels, scores, labels=every_label)
         roc_auc = metrics.roc_auc_score(labels, scores)
     else:  # every (image, class) pair, one-vs-rest
@@ -112,16 +113,15 @@ def main() -> None:
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
     model = trained_part(load_model(MODEL_FILE))
-    outputs = predict_rows(model, FeatureFile(TRAIN_FEATURES),
-                           np.array([row_of[path] for path, _ in val_files]),
-                           params["batch_size"], "evaluate: validation images")
+    probabilities = class_probabilities(predict_rows(
+        model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
+        params["batch_size"], "evaluate: validation images"))
     labels = np.array([label for _, label in val_files])
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        log_scores(live, labels, outputs, classes)
+        log_scores(live, labels, probabilities, classes)
         photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
-        live.log_image("mistakes.png", mistakes_figure(photos, labels,
-                                                       class_probabilities(outputs), classes))
+        live.log_image("mistakes.png", mistakes_figure(photos, labels, probabilities, classes))
         summary = {key: live.summary[key] for key in ("accuracy", "log_loss", "roc_auc")}
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}",
           file=sys.stderr)

@@ -78,19 +78,25 @@ def extract_bundle(bundle: Path) -> None:
         raise StageError(f"{bundle} is not a valid zip file ({error})") from None
 
 
+def store_zip(files: list[Path], base: Path, dest: Path, origin: Path) -> None:
+    """Write `files` (from `origin`) to the zip `dest`, named relative to `base`, with
+    fixed timestamps (a rebuilt archive is byte-identical) and stored, not deflated:
+    photos do not compress, and this keeps it fast."""
+    with atomic_output(dest) as temporary:
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
+            for path in files:
+                info = zipfile.ZipInfo(path.relative_to(base).as_posix(), FIXED_TIME)
+                with path.open("rb") as source, archive.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+        report(temporary, dest, str(origin))
+
+
 def zip_folder(folder: Path, dest: Path) -> None:
     """Build Kaggle's train.zip/test.zip (entries "<folder>/<name>.jpg") from unpacked photos."""
     photos = sorted(folder.glob("*.jpg"))
     if not photos:
         raise StageError(f"{folder} holds no .jpg photos")
-    with atomic_output(dest) as temporary:
-        # Stored, not deflated: JPEGs don't compress and this keeps it fast.
-        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
-            for photo in photos:
-                info = zipfile.ZipInfo(f"{folder.name}/{photo.name}", FIXED_TIME)
-                with photo.open("rb") as source, archive.open(info, "w") as target:
-                    shutil.copyfileobj(source, target, CHUNK_BYTES)
-        report(temporary, dest, str(folder))
+    store_zip(photos, folder.parent, dest, origin=folder)
 
 
 def zip_classes(folder: Path, dest: Path) -> None:
@@ -101,13 +107,7 @@ def zip_classes(folder: Path, dest: Path) -> None:
     if not files:
         raise StageError(f"data_source {folder} holds no {'/'.join(sorted(IMAGE_EXTENSIONS))} "
                          f"images: {EXPECTED}")
-    with atomic_output(dest) as temporary:
-        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
-            for path in files:
-                info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), FIXED_TIME)
-                with path.open("rb") as source, archive.open(info, "w") as target:
-                    shutil.copyfileobj(source, target, CHUNK_BYTES)
-        report(temporary, dest, str(folder))
+    store_zip(files, folder, dest, origin=folder)
 
 
 def is_bundle(source: Path) -> bool:

@@ -178,9 +178,9 @@ def workers() -> int:
 
 
 def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: float
-                 ) -> tuple[list[Image], dict[str, str]]:
+                 ) -> tuple[list[Image], dict[str, int], dict[str, str]]:
     """Decode every image and write the readable ones into data/train/<class>/; return
-    those, and why each unreadable one is."""
+    those, how many each class has, and why each unreadable one is."""
     # Imported here, once (not from several threads at once), after the cheap checks.
     from stages.images import decode_error
 
@@ -241,7 +241,7 @@ def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: 
             raise StageError(f"{TRAIN_ZIP}: {len(unreadable)} of {len(images)} images "
                              f"({fraction:.1%}) are unreadable, over max_unreadable_fraction "
                              f"{max_unreadable}; fetch the data again")
-    return readable, unreadable
+    return readable, counts, unreadable
 
 
 def write_manifest(images: list[Image]) -> None:
@@ -276,11 +276,9 @@ def main() -> None:
         members = safe_members(archive)
         check_expansion(members, TRAIN_ZIP.stat().st_size)
         images, unlabelled = classify(members)  # in a second, before any decoding
-        readable, unreadable = check_images(archive, images, params["max_unreadable_fraction"])
+        readable, counts, unreadable = check_images(archive, images,
+                                                    params["max_unreadable_fraction"])
     write_manifest(readable)
-    counts = {label: 0 for label in sorted({image.label for image in images})}
-    for image in readable:
-        counts[image.label] += 1
     report = {"classes": sorted(counts), "images": counts, "unlabelled": unlabelled,
               "unreadable": len(unreadable), "unreadable_files": dict(sorted(unreadable.items()))}
     with atomic_output(DATA_REPORT) as partial:

@@ -53,26 +53,31 @@ def random_mobilenet_file(folder) -> tuple[str, str]:
     return str(path), f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
 
 
+def pretrained_and_random(project, params: dict, weights, folder, what: str
+                          ) -> tuple[dict, dict]:
+    """The validation metrics of `params` with the pretrained `weights`, then with random
+    weights in the same layout; each printed with the time of its whole dvc exp run."""
+    pretrained, seconds = run_experiment(project, {**params, "weights_urls": [str(weights)]})
+    print(f"\npretrained MobileNet{what}: {pretrained['accuracy']:.3f} accuracy, "
+          f"log loss {pretrained['log_loss']:.3f}, macro F1 {pretrained['macro']['f1']:.3f} on "
+          f"{pretrained['images']} validation photos, {seconds:.0f} s for the whole dvc exp run")
+    random_weights, digest = random_mobilenet_file(folder)
+    random, seconds = run_experiment(project, {**params, "weights_urls": [random_weights],
+                                               "weights_hash": digest})
+    print(f"random-weight MobileNet{what}: {random['accuracy']:.3f} accuracy, "
+          f"log loss {random['log_loss']:.3f}, {seconds:.0f} s")
+    return pretrained, random
+
+
 def test_pretrained_mobilenet_transfers_and_random_weights_do_not(
         tmp_path, real_sample_dir, mobilenet_weights):
     project = tmp_path / "project"
     project.mkdir()
     copy_project(project, {"data_source": str(real_sample_dir)})
-
-    pretrained, seconds = run_experiment(project, {**MOBILENET_PARAMS,
-                                                   "weights_urls": [str(mobilenet_weights)]})
-    print(f"\npretrained MobileNet: {pretrained['accuracy']:.3f} accuracy, "
-          f"log loss {pretrained['log_loss']:.3f} on {pretrained['images']} validation photos, "
-          f"{seconds:.0f} s for the whole dvc exp run")
+    pretrained, random = pretrained_and_random(project, MOBILENET_PARAMS, mobilenet_weights,
+                                               tmp_path, "")
     assert pretrained["images"] == 200
     assert pretrained["accuracy"] >= 0.92
-
-    random_weights, digest = random_mobilenet_file(tmp_path)
-    random, seconds = run_experiment(project, {**MOBILENET_PARAMS,
-                                               "weights_urls": [random_weights],
-                                               "weights_hash": digest})
-    print(f"random-weight MobileNet: {random['accuracy']:.3f} accuracy, "
-          f"log loss {random['log_loss']:.3f}, {seconds:.0f} s")
     assert random["accuracy"] < 0.75
 
 
@@ -87,20 +92,11 @@ def test_pretrained_mobilenet_learns_five_kinds_of_flowers(tmp_path, flowers_dir
     project = tmp_path / "project"
     project.mkdir()
     copy_project(project)
-    pretrained, seconds = run_experiment(project, {**FLOWERS_PARAMS,
-                                                   "data_source": str(flowers_dir)})
+    pretrained, random = pretrained_and_random(
+        project, {**FLOWERS_PARAMS, "data_source": str(flowers_dir)}, mobilenet_weights,
+        tmp_path, " on flowers")
     report = json.loads((project / "metrics/data.json").read_text())
     assert report["classes"] == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
-    print(f"\npretrained MobileNet on flowers: {pretrained['accuracy']:.3f} accuracy, "
-          f"log loss {pretrained['log_loss']:.3f}, macro F1 {pretrained['macro']['f1']:.3f} on "
-          f"{pretrained['images']} validation photos, {seconds:.0f} s for the whole dvc exp run")
     assert pretrained["images"] == 100
     assert pretrained["accuracy"] >= 0.80
-
-    random_weights, digest = random_mobilenet_file(tmp_path)
-    random, seconds = run_experiment(project, {**FLOWERS_PARAMS, "data_source": str(flowers_dir),
-                                               "weights_urls": [random_weights],
-                                               "weights_hash": digest})
-    print(f"random-weight MobileNet on flowers: {random['accuracy']:.3f} accuracy, "
-          f"log loss {random['log_loss']:.3f}, {seconds:.0f} s")
     assert random["accuracy"] <= 0.40
