@@ -32,7 +32,8 @@ from stages.progress import Progress
 
 DTYPE = np.dtype("float16")
 # The params that change the activations: exactly the features stage's params in dvc.yaml.
-FEATURE_PARAMS = ("backbone", "alpha", "image_size", "preprocessing", "unfreeze_after")
+FEATURE_PARAMS = ("backbone", "alpha", "image_size", "preprocessing", "unfreeze_after",
+                  "precision")
 
 
 class FeatureWriter:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from stages.activations import FeatureFile, predict_rows, read_index
+from stages.compute import configure
 from stages.dataset import check_manifest, list_samples, paths_of, split_samples
 from stages.errors import run
 from stages.network import class_probabilities, load_model, trained_part
@@ -112,6 +113,7 @@ def main() -> None:
     classes = index["classes"]
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
+    configure(params)
     model = trained_part(load_model(MODEL_FILE))
     probabilities = class_probabilities(predict_rows(
         model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),

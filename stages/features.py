@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from stages.activations import FeatureWriter, write_index
+from stages.compute import configure
 from stages.dataset import check_manifest, class_names, list_samples
 from stages.errors import StageError, run
 from stages.files import atomic_output, remove
@@ -81,6 +82,7 @@ def main() -> None:
         # TensorFlow only now, after the checks that take a second.
         from stages.network import build_feature_extractor
 
+        configure(params)
         extractor = build_feature_extractor(params, WEIGHTS_FILE)
         shape = tuple(int(n) for n in extractor.output_shape[1:])
         print(f"features: {params['backbone']} up to {params['unfreeze_after']} at "

@@ -183,8 +183,10 @@ def build_head(params: dict[str, Any], classes: int) -> keras.Sequential:
     layers = [pooling]
     if params["dense_units"]:
         layers.append(keras.layers.Dense(params["dense_units"], activation="relu"))
-    output = (keras.layers.Dense(1, activation="sigmoid") if classes == 2
-              else keras.layers.Dense(classes, activation="softmax"))
+    # float32 under a mixed precision policy too: a sigmoid or softmax computed in float16
+    # rounds probabilities near 0 and 1 to exactly 0 and 1 (the Keras mixed precision guide).
+    output = (keras.layers.Dense(1, activation="sigmoid", dtype="float32") if classes == 2
+              else keras.layers.Dense(classes, activation="softmax", dtype="float32"))
     layers += [keras.layers.Dropout(params["dropout"], seed=params["seed"]), output]
     return keras.Sequential(layers, name="head")
 
@@ -239,7 +241,8 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
         cut = backbone.get_layer(cut_layer).output
         trainable_base = keras.Model(split, cut, name="trainable_base")
         x = trainable_base(x)
-    outputs = ClassNames(classes, name="class_names")(build_head(params, len(classes))(x))
+    head = build_head(params, len(classes))(x)
+    outputs = ClassNames(classes, name="class_names", dtype="float32")(head)
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
     set_phase(model, params, fine_tune)
     return model

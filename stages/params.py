@@ -65,6 +65,10 @@ def _hash_spec(value: str) -> bool:
     return True
 
 
+def _cluster_spec(value: str) -> bool:
+    return value in ("", "local") or re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", value) is not None
+
+
 def _one_of(*choices: str) -> Callable[[str], bool]:
     def check(value: str) -> bool:
         return value in choices
@@ -105,6 +109,26 @@ PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]
     "lr": ((int, float), _positive, "> 0"),
     "keep": ((str,), _one_of("best", "last"), "'best' or 'last'"),
     "clip": ((int, float), lambda value: 0 <= value < 0.5, "in [0, 0.5)"),
+    "precision": ((str,), _one_of("float32", "mixed_float16", "mixed_bfloat16"),
+                  "'float32', 'mixed_float16' or 'mixed_bfloat16'"),
+    "threads": ((int,), _non_negative, ">= 0 (0 = all cores)"),
+    "cluster": ((str,), _cluster_spec,
+                "\"\" (this process), \"local\" (a Dask cluster on this machine) or a "
+                "scheduler address such as \"tcp://host:8786\""),
+    "cluster_workers": ((int,), _at_least_one, ">= 1"),
+    "strategy": ((str,), _one_of("default", "multi_worker"), "'default' or 'multi_worker'"),
+}
+
+# Keys that change how fast a stage runs or where, never what it writes: no stage lists
+# them under `params:` in dvc.yaml, so `-S threads=1` on a queued experiment reruns
+# nothing that is cached. Each with the reason; the tests hold the code to it.
+EXECUTION_PARAMS = {
+    "threads": "TensorFlow's thread pools; op determinism makes the results the same",
+    "cluster": "where the features are computed; the distributed result is bit-identical "
+               "to the serial one (tests/test_scale.py)",
+    "cluster_workers": "how many local Dask workers compute the features; same bits",
+    "strategy": "how many processes train; with the same global batch the weights agree "
+                "within 1e-6 (tests/test_scale.py)",
 }
 
 

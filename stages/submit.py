@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from stages.activations import FeatureFile, predict_rows, read_index
+from stages.compute import configure
 from stages.errors import StageError, run
 from stages.files import atomic_output, remove
 from stages.params import load_params
@@ -98,6 +99,7 @@ def main() -> None:
               f"nothing to submit; {SUBMISSION_DIR} left empty", file=sys.stderr)
         return
     header, column_classes = columns_of(classes)
+    configure(params)
     probability = predict_test_set(params, len(ids))
     prior = 1 / len(classes)  # no information: the row costs log(classes), never more
     warn_unreadable(unreadable, prior)

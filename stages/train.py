@@ -35,6 +35,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages.activations import FeatureFile, read_index
+from stages.compute import configure
 from stages.dataset import (
     check_manifest,
     class_names,
@@ -260,6 +261,7 @@ def main() -> None:
     check_architecture(params)
     if not WEIGHTS_FILE.exists():
         raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
+    configure(params)
     set_determinism(params["seed"])
     if augments(params):
         print("train: augmentation is on, so the frozen part's input changes every epoch: "

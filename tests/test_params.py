@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stages.errors import StageError
-from stages.params import PARAM_SPEC, load_params, validate_params
+from stages.params import EXECUTION_PARAMS, PARAM_SPEC, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,16 @@ def test_every_params_leaf_is_tracked_by_a_stage():
     # An untracked key makes `dvc exp run -S key=...` a silent no-op: DVC records an
     # experiment with identical metrics and reruns nothing.
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    untracked = leaves(params) - tracked_params()
+    untracked = leaves(params) - tracked_params() - set(EXECUTION_PARAMS)
     assert not untracked, f"params.yaml keys no stage lists under params: {sorted(untracked)}"
+
+
+def test_execution_params_are_tracked_by_no_stage():
+    # They say how and where a stage runs, not what it writes: listing one would make
+    # `dvc exp run -S threads=1` recompute cached outputs for nothing.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(EXECUTION_PARAMS) <= set(params)
+    assert not set(EXECUTION_PARAMS) & tracked_params()
 
 
 def test_stages_track_no_key_missing_from_params_yaml():
