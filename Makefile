@@ -2,6 +2,7 @@
 # git and make needed; see the README):
 #   make repro   install everything into .venv, then run the pipeline (dvc repro)
 #   make test    install everything into .venv, then run the test suite
+# Optional parts go with EXTRAS, e.g. `make setup EXTRAS="s3 dask"` (see extras/*.txt).
 # Pick the interpreter with PYTHON, e.g. `make PYTHON=python3.12 test`.
 PYTHON ?= python3
 VENV ?= .venv
@@ -36,7 +37,16 @@ ifeq ($(filter keep create rebuild,$(VENV_ACTION)),)
 $(error $(PY_STATE))
 endif
 
-.PHONY: setup repro test test-slow demo lint FORCE
+.PHONY: setup repro test test-slow test-scale demo lint FORCE
+
+# Optional parts (a DVC remote's plug-in, Dask, CUDA): extras/NAME.txt, each installed once.
+EXTRAS ?=
+KNOWN_EXTRAS := $(basename $(notdir $(wildcard extras/*.txt)))
+UNKNOWN_EXTRAS := $(filter-out $(KNOWN_EXTRAS),$(EXTRAS))
+ifneq ($(UNKNOWN_EXTRAS),)
+$(error unknown EXTRAS '$(UNKNOWN_EXTRAS)': choose from $(KNOWN_EXTRAS))
+endif
+EXTRA_STAMPS := $(foreach extra,$(EXTRAS),$(VENV)/.installed-$(extra))
 
 # Requirements changed: install into the existing .venv (pip only adds what is new).
 # Interpreter changed: --clear rebuilds it, since compiled packages belong to one Python.
@@ -51,16 +61,25 @@ endif
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@
 
-setup: $(INSTALLED)
+$(VENV)/.installed-%: extras/%.txt constraints.txt $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -r $< -c constraints.txt
+	touch $@
+$(VENV)/.installed-scale-tests: extras/s3.txt extras/dask.txt
+
+setup: $(INSTALLED) $(EXTRA_STAMPS)
 
 repro: setup
 	$(RUN) dvc repro
 
 test: setup
-	$(RUN) python -m pytest -m "not slow"
+	$(RUN) python -m pytest -m "not slow and not scale"
 
 test-slow: setup
 	$(RUN) python -m pytest -m slow -rP  # -rP: print the measured figures
+
+# Scaling out on loopback: S3 remote, queued grid, Dask features, 2-worker training.
+test-scale: setup $(VENV)/.installed-scale-tests
+	$(RUN) python -m pytest -m scale -rP
 
 demo: setup
 	$(RUN) python -m scripts.demo
