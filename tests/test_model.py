@@ -251,3 +251,36 @@ def test_saved_model_predicts_the_same_after_loading(mobilenet_random_weights, s
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
     for saved, restored in zip(model.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(restored), np.asarray(saved), err_msg=saved.path)
+
+
+@pytest.mark.parametrize("classes", [CLASSES, ["bird", "cat", "dog"]])
+def test_mixed_precision_computes_in_float16_and_outputs_float32(random_mobilenet_file, tmp_path,
+                                                                 classes):
+    # `precision: mixed_float16` (stages.compute.configure) is Keras's global policy: the
+    # backbone and hidden layers compute in float16 with float32 weights; the output layer
+    # stays float32, so probabilities near 0 and 1 are not rounded to exactly 0 or 1.
+    from stages.compute import configure
+
+    params = mobilenet_params(precision="mixed_float16")
+    configure(params)
+    try:
+        model = build_model(params, random_mobilenet_file, fine_tune=True, classes=classes)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    head = model.get_layer("head")
+    assert head.layers[1].compute_dtype == "float16"  # the hidden Dense
+    assert head.layers[1].kernel.dtype == "float32"
+    assert head.layers[-1].compute_dtype == "float32"  # the output
+    assert model.get_layer("class_names").compute_dtype == "float32"
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"  # compile wraps it
+
+    images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    labels = np.arange(4) % len(classes)
+    loss = model.train_on_batch(images, labels, return_dict=True)["loss"]
+    assert np.isfinite(loss)
+    model.save(tmp_path / "model.keras")
+    outputs = load_model(tmp_path / "model.keras").predict_on_batch(images)
+    assert outputs.dtype == np.float32
+    assert ((outputs > 0) & (outputs < 1)).all()
+    if len(classes) > 2:
+        assert np.allclose(outputs.sum(axis=1), 1, atol=1e-5)
