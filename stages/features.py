@@ -10,13 +10,16 @@ Writes data/features/: train.npy (a float16 row per image of data/train, in the
 order of index.json, which names them relative to data/train), test.npy where the
 data set has a test set (a row per id of sample_submission.csv; zeros for an
 unreadable test image, listed in index.json) and index.json.
+
+With `cluster` set, the same bytes are computed on a Dask cluster (stages/cluster.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,27 @@ def extract(extractor: Any, read: Callable[[int], bytes], count: int, destinatio
     return failures
 
 
+Extract = Callable[[Callable[[int], bytes], int, Path, str], dict[int, str]]
+
+
+@contextlib.contextmanager
+def extraction(params: dict[str, Any]) -> Iterator[tuple[tuple[int, ...], Extract]]:
+    """The frozen part's output shape, and `extract` bound to it: in this process, or on
+    the Dask cluster of `params["cluster"]` (stages/cluster.py), with the same bits."""
+    if params["cluster"]:
+        from stages.cluster import on_cluster
+
+        with on_cluster(params, WEIGHTS_FILE, EXTRACT_BATCH) as cluster:
+            yield cluster.shape, cluster.extract
+        return
+    # TensorFlow only now, after the checks that take a second.
+    from stages.network import build_feature_extractor
+
+    configure(params)
+    extractor = build_feature_extractor(params, WEIGHTS_FILE)
+    yield tuple(int(n) for n in extractor.output_shape[1:]), functools.partial(extract, extractor)
+
+
 def main() -> None:
     params = load_params()
     remove(FEATURES_DIR)  # a failed run must not leave another configuration's features
@@ -79,28 +103,22 @@ def main() -> None:
     ids = read_sample_ids() if test_set else []
     with open_test_archive() if test_set else contextlib.nullcontext() as archive:
         infos = test_entries(archive, ids) if test_set else []
-        # TensorFlow only now, after the checks that take a second.
-        from stages.network import build_feature_extractor
-
-        configure(params)
-        extractor = build_feature_extractor(params, WEIGHTS_FILE)
-        shape = tuple(int(n) for n in extractor.output_shape[1:])
-        print(f"features: {params['backbone']} up to {params['unfreeze_after']} at "
-              f"{params['image_size']} px: {np.prod(shape):,} values per image {shape}",
-              file=sys.stderr)
-        with atomic_output(FEATURES_DIR) as staging:
+        with extraction(params) as (shape, extract_rows), \
+                atomic_output(FEATURES_DIR) as staging:
+            print(f"features: {params['backbone']} up to {params['unfreeze_after']} at "
+                  f"{params['image_size']} px: {np.prod(shape):,} values per image {shape}",
+                  file=sys.stderr)
             staging.mkdir()
-            failed = extract(extractor, lambda i: Path(samples[i][0]).read_bytes(),
-                             len(samples), staging / TRAIN_FEATURES.name,
-                             "features: training images")
+            failed = extract_rows(lambda i: Path(samples[i][0]).read_bytes(), len(samples),
+                                  staging / TRAIN_FEATURES.name, "features: training images")
             if failed:  # split_classes kept only images that decode
                 index, reason = next(iter(failed.items()))
                 raise StageError(f"{samples[index][0]} cannot be decoded ({reason}): "
                                  "run `dvc repro -f split_classes`")
             failed = {}
             if test_set:
-                failed = extract(extractor, lambda i: archive.read(infos[i]), len(infos),
-                                 staging / TEST_FEATURES.name, "features: test images")
+                failed = extract_rows(lambda i: archive.read(infos[i]), len(infos),
+                                      staging / TEST_FEATURES.name, "features: test images")
                 if len(failed) == len(ids):
                     raise StageError(f"none of the {len(ids)} test images could be decoded")
             unreadable = {ids[i]: {"file": infos[i].filename, "reason": reason}

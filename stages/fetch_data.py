@@ -26,7 +26,14 @@ import requests
 from stages.errors import StageError, run
 from stages.files import IMAGE_EXTENSIONS, atomic_output, remove
 from stages.params import load_params
-from stages.paths import DOWNLOAD_DIR, RAW_DIR, SAMPLE_SUBMISSION, TEST_ZIP, TRAIN_ZIP
+from stages.paths import (
+    DOWNLOAD_DIR,
+    RAW_DIR,
+    SAMPLE_SUBMISSION,
+    TEST_ZIP,
+    TRAIN_ZIP,
+    project_path,
+)
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -232,7 +239,7 @@ def main() -> None:
     check_architecture(params)
     try:
         if source:
-            copy_local(Path(source).expanduser())
+            copy_local(project_path(source))  # a queued run's copy too
             return
         bundle = download(api, competition)
         try:

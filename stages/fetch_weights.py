@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stages.errors import StageError, run
 from stages.files import atomic_output, remove
 from stages.params import load_params, parse_hash
-from stages.paths import WEIGHTS_FILE
+from stages.paths import WEIGHTS_FILE, project_path
 from stages.published import published_weights
 
 # Small enough that a transfer breaking off keeps nearly all it received: the HTTP
@@ -119,7 +119,7 @@ def fetch(source: str, destination: Path) -> None:
     elif re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", source) and not source.startswith("file://"):
         raise StageError("only http://, https:// and file:// URLs or local paths are supported")
     else:
-        shutil.copyfile(Path(source.removeprefix("file://")).expanduser(), destination)
+        shutil.copyfile(project_path(source.removeprefix("file://")), destination)
 
 
 def fetch_verified(source: str, destination: Path, algorithm: str, expected: str) -> str:

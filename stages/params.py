@@ -125,10 +125,10 @@ PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]
 EXECUTION_PARAMS = {
     "threads": "TensorFlow's thread pools; op determinism makes the results the same",
     "cluster": "where the features are computed; the distributed result is bit-identical "
-               "to the serial one (tests/test_scale.py)",
+               "to the serial one (tests/test_scale_features.py)",
     "cluster_workers": "how many local Dask workers compute the features; same bits",
     "strategy": "how many processes train; with the same global batch the weights agree "
-                "within 1e-6 (tests/test_scale.py)",
+                "within 1e-6 (tests/test_scale_training.py)",
 }
 
 

@@ -6,6 +6,7 @@ each constant here to dvc.yaml, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
@@ -46,3 +47,24 @@ EVALUATE_LIVE_DIR = Path("metrics/evaluate")
 # submit: SUBMISSION_DIR holds SUBMISSION_FILE where the data set has a test set
 SUBMISSION_DIR = Path("data/submission")
 SUBMISSION_FILE = SUBMISSION_DIR / "submission.csv"
+
+
+# Where `dvc exp run --queue` (and --temp) runs a copy of the project: <project>/EXPS_DIR/...
+EXPS_DIR = Path(".dvc/tmp/exps")
+
+
+def project_path(value: str) -> Path:
+    """A path from params.yaml (`data_source`, a local `weights_urls` entry) as its writer
+    meant it: a relative one against the project, not against the copy a queued experiment
+    runs in. The project is DVC_ROOT, which DVC sets for every stage (for a queued run, to
+    the project the copy came from), else the working folder; a folder inside
+    <project>/.dvc/tmp/exps/ (the copy itself: a stage run by hand there) means <project>.
+    The value's text stays what DVC tracks; only where it is read changes."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    start = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if folder.parts[-len(EXPS_DIR.parts):] == EXPS_DIR.parts:
+            return folder.parents[len(EXPS_DIR.parts) - 1] / path
+    return start / path

@@ -35,20 +35,31 @@ class EpochBatches(keras.utils.PyDataset):
         self.batch_size, self.seed = batch_size, seed
         self.steps = -(-len(self.rows) // batch_size)
         self.first_epoch = 0
-        self._order_epoch, self._order = -1, np.arange(len(self.rows))
+        # (epoch, its order), one attribute: under multi_worker two tf.data threads may
+        # read batches at once (an abandoned iterator still prefetching), and a pair of
+        # attributes could then be seen half updated.
+        self._order: tuple[int, np.ndarray] = (-1, np.arange(len(self.rows)))
 
     @property
     def num_batches(self) -> None:
         return None  # endless: fit's steps_per_epoch marks the epochs
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def positions(self, index: int) -> np.ndarray:
+        """Which samples (positions in `rows`) make batch `index`, in order."""
         epoch, step = divmod(index, self.steps)
         epoch += self.first_epoch
-        if epoch != self._order_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order, self._order_epoch = rng.permutation(len(self.rows)), epoch
-        batch = self._order[step * self.batch_size:(step + 1) * self.batch_size]
-        return np.asarray(self.inputs[self.rows[batch]], np.float32), self.labels[batch]
+        order_epoch, order = self._order
+        if epoch != order_epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            self._order = (epoch, order)
+        return order[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs and labels of these samples: a batch, or a worker's share of one."""
+        return np.asarray(self.inputs[self.rows[positions]], np.float32), self.labels[positions]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.take(self.positions(index))
 
 
 class Batches(keras.utils.PyDataset):
@@ -64,9 +75,17 @@ class Batches(keras.utils.PyDataset):
     def num_batches(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
+    def positions(self, index: int) -> np.ndarray:
+        """Which samples (positions in `rows`) make batch `index`, in order."""
+        return np.arange(index * self.batch_size, min((index + 1) * self.batch_size,
+                                                      len(self.rows)))
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs and labels of these samples: a batch, or a worker's share of one."""
+        return np.asarray(self.inputs[self.rows[positions]], np.float32), self.labels[positions]
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        batch = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return np.asarray(self.inputs[self.rows[batch]], np.float32), self.labels[batch]
+        return self.take(self.positions(index))
 
 
 class EpochRandomness(keras.callbacks.Callback):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages.activations import FEATURE_PARAMS, FeatureFile, FeatureWriter, read_index
@@ -197,7 +198,9 @@ def test_training_rows_follow_the_index(extracted_features, extractor):
               for photo in sorted((project / "data" / "train" / name).iterdir())]
     assert len(listed) == 2 * EXTRACTED_PER_CLASS
     assert index["train"] == listed
-    assert index["params"] == {key: SMALL_NETWORK[key] for key in FEATURE_PARAMS}
+    # SMALL_NETWORK's values, and params.yaml's for the keys it leaves alone (precision)
+    written = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **SMALL_NETWORK}
+    assert index["params"] == {key: written[key] for key in FEATURE_PARAMS}
     assert index["dtype"] == "float16" and index["shape"] == [24, 24, 32]
     features = FeatureFile(features_dir(project) / "train.npy")
     assert len(features) == len(listed) and features.shape == (24, 24, 32)
@@ -283,7 +286,8 @@ def test_params_it_does_not_read_leave_its_output_unchanged(tmp_path, extracted_
 
 def other_value(key: str) -> object:
     return {"backbone": "MobileNetV2", "alpha": 0.5, "image_size": 128,
-            "preprocessing": "unit", "unfreeze_after": "conv_pw_2_relu"}[key]
+            "preprocessing": "unit", "unfreeze_after": "conv_pw_2_relu",
+            "precision": "mixed_bfloat16"}[key]
 
 
 def test_read_index_refuses_features_of_other_params(extracted_features):
