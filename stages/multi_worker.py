@@ -22,11 +22,14 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stages.errors import StageError
+
+if TYPE_CHECKING:  # TensorFlow is imported only once a multi-worker training starts
+    from stages.training import RowBatches
 
 TF_CONFIG = "TF_CONFIG"
 # Task types that take part in training under MultiWorkerMirroredStrategy.
@@ -137,14 +140,6 @@ def check_same_training(strategy: Any, identity: Any) -> None:
 Split = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
-class Batched(Protocol):
-    """stages.training's EpochBatches and Batches: batch i is `take(positions(i))`."""
-
-    def positions(self, index: int) -> np.ndarray: ...
-
-    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
 def share(positions: np.ndarray, replicas: int, replica: int) -> tuple[np.ndarray, np.ndarray]:
     """Replica `replica`'s samples of a global training batch, and their sample weights.
 
@@ -172,7 +167,7 @@ def evaluation_share(positions: np.ndarray, replicas: int,
     return mine, np.ones(len(mine), np.float32)
 
 
-def evaluation_batches(batches: Batched, steps: int, replicas: int) -> list[np.ndarray]:
+def evaluation_batches(batches: RowBatches, steps: int, replicas: int) -> list[np.ndarray]:
     """The `steps` validation batches' positions, a last batch smaller than `replicas`
     joined to the one before: no replica may get an empty batch (BatchNormalization fails
     on one), and the validation loss and accuracy, means over every sample, do not depend
@@ -187,7 +182,7 @@ def evaluation_batches(batches: Batched, steps: int, replicas: int) -> list[np.n
     return positions
 
 
-def shares(batches: Batched, batch_positions: Iterator[np.ndarray], split: Split,
+def shares(batches: RowBatches, batch_positions: Iterator[np.ndarray], split: Split,
            replicas: int, first_replica: int, local_replicas: int) -> Iterator[tuple]:
     """(inputs, labels, weights) of this worker's replicas, batch after batch: one element
     per local replica, in order, as the strategy hands them out (a worker with several
@@ -199,7 +194,7 @@ def shares(batches: Batched, batch_positions: Iterator[np.ndarray], split: Split
             yield inputs, labels, weights
 
 
-def distribute(strategy: Any, batches: Batched, steps: int | None) -> Any:
+def distribute(strategy: Any, batches: RowBatches, steps: int | None) -> Any:
     """A dataset of `batches` that gives each replica its share of each batch and reads
     only that share: training batches (endless, as EpochBatches is: `steps` None), or
     `steps` validation batches."""

@@ -17,7 +17,29 @@ class Rows(Protocol):
     def __getitem__(self, rows: np.ndarray) -> np.ndarray: ...
 
 
-class EpochBatches(keras.utils.PyDataset):
+class RowBatches(keras.utils.PyDataset):
+    """Batches of `inputs[rows]`, labelled `labels` (one per row): batch i is
+    `take(positions(i))`, a subclass saying which samples make each batch."""
+
+    def __init__(self, inputs: Rows, rows: np.ndarray, labels: np.ndarray,
+                 batch_size: int) -> None:
+        super().__init__()  # one worker, no processes: batches are made in order
+        self.inputs, self.rows, self.labels = inputs, np.asarray(rows), labels
+        self.batch_size = batch_size
+
+    def positions(self, index: int) -> np.ndarray:
+        """Which samples (positions in `rows`) make batch `index`, in order."""
+        raise NotImplementedError
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs and labels of these samples: a batch, or a worker's share of one."""
+        return np.asarray(self.inputs[self.rows[positions]], np.float32), self.labels[positions]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.take(self.positions(index))
+
+
+class EpochBatches(RowBatches):
     """Shuffled training batches of epochs `first_epoch`, `first_epoch` + 1, ... as one
     endless stream, each epoch's order a function of (seed, epoch) alone.
 
@@ -30,9 +52,8 @@ class EpochBatches(keras.utils.PyDataset):
 
     def __init__(self, inputs: Rows, rows: np.ndarray, labels: np.ndarray, batch_size: int,
                  seed: int) -> None:
-        super().__init__()  # one worker, no processes: batches are made in order
-        self.inputs, self.rows, self.labels = inputs, np.asarray(rows), labels
-        self.batch_size, self.seed = batch_size, seed
+        super().__init__(inputs, rows, labels, batch_size)
+        self.seed = seed
         self.steps = -(-len(self.rows) // batch_size)
         self.first_epoch = 0
         # (epoch, its order), one attribute: under multi_worker two tf.data threads may
@@ -45,7 +66,6 @@ class EpochBatches(keras.utils.PyDataset):
         return None  # endless: fit's steps_per_epoch marks the epochs
 
     def positions(self, index: int) -> np.ndarray:
-        """Which samples (positions in `rows`) make batch `index`, in order."""
         epoch, step = divmod(index, self.steps)
         epoch += self.first_epoch
         order_epoch, order = self._order
@@ -54,38 +74,17 @@ class EpochBatches(keras.utils.PyDataset):
             self._order = (epoch, order)
         return order[step * self.batch_size:(step + 1) * self.batch_size]
 
-    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The inputs and labels of these samples: a batch, or a worker's share of one."""
-        return np.asarray(self.inputs[self.rows[positions]], np.float32), self.labels[positions]
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.take(self.positions(index))
-
-
-class Batches(keras.utils.PyDataset):
+class Batches(RowBatches):
     """`inputs[rows]` and their labels in order, `batch_size` at a time (validation)."""
-
-    def __init__(self, inputs: Rows, rows: np.ndarray, labels: np.ndarray,
-                 batch_size: int) -> None:
-        super().__init__()
-        self.inputs, self.rows, self.labels = inputs, np.asarray(rows), labels
-        self.batch_size = batch_size
 
     @property
     def num_batches(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
     def positions(self, index: int) -> np.ndarray:
-        """Which samples (positions in `rows`) make batch `index`, in order."""
         return np.arange(index * self.batch_size, min((index + 1) * self.batch_size,
                                                       len(self.rows)))
-
-    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The inputs and labels of these samples: a batch, or a worker's share of one."""
-        return np.asarray(self.inputs[self.rows[positions]], np.float32), self.labels[positions]
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.take(self.positions(index))
 
 
 class EpochRandomness(keras.callbacks.Callback):
