@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.bench import child_env
 from scripts.demo import copy_project, git
 from scripts.make_layout import make_layout
 from scripts.random_weights import INCEPTION_NOTOP, write_random_inception
@@ -61,9 +62,7 @@ def main() -> None:
     project.mkdir(parents=True)
     copy_project(project, {"data_source": str(layout), "weights_urls": [str(weights)],
                            "weights_hash": "", "cluster_workers": args.workers})
-    # The venv's python first on PATH: DVC's stage commands call `python`.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    env = child_env()  # this venv's python first on PATH, as for make bench
     print(f"bench_cluster: {args.train:,} training and {args.test:,} test photos, InceptionV3 "
           f"(random weights) up to mixed6 at 150 px, {os.cpu_count()} cores, in {project}")
     show(["dvc", "repro", "features"], project, env)
