@@ -37,7 +37,7 @@ ifeq ($(filter keep create rebuild,$(VENV_ACTION)),)
 $(error $(PY_STATE))
 endif
 
-.PHONY: setup repro test test-slow test-scale demo lint FORCE
+.PHONY: setup repro test test-slow test-scale demo lint exps FORCE
 
 # Optional parts (a DVC remote's plug-in, Dask, CUDA): extras/NAME.txt, each installed once.
 EXTRAS ?=
@@ -50,7 +50,7 @@ EXTRA_STAMPS := $(foreach extra,$(EXTRAS),$(VENV)/.installed-$(extra))
 
 # Requirements changed: install into the existing .venv (pip only adds what is new).
 # Interpreter changed: --clear rebuilds it, since compiled packages belong to one Python.
-$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt $(if $(filter rebuild,$(VENV_ACTION)),FORCE)
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml $(if $(filter rebuild,$(VENV_ACTION)),FORCE)
 ifeq ($(VENV_ACTION),rebuild)
 	@echo "Rebuilding $(VENV) with $(PYTHON): it was built by $(wordlist 2,99,$(PY_STATE))"
 	$(PYTHON) -m venv --clear $(VENV)
@@ -59,6 +59,8 @@ else ifeq ($(VENV_ACTION),create)
 endif
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	# the finetune package itself, editable, with its `predict` command
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-%: extras/%.txt constraints.txt $(INSTALLED)
@@ -71,8 +73,9 @@ setup: $(INSTALLED) $(EXTRA_STAMPS)
 repro: setup
 	$(RUN) dvc repro
 
+# Two processes: a test file, or the files sharing a costly run, stays in one (tests/conftest.py).
 test: setup
-	$(RUN) python -m pytest -m "not slow and not scale"
+	$(RUN) python -m pytest -m "not slow and not scale" -n 2 --dist loadgroup
 
 test-slow: setup
 	$(RUN) python -m pytest -m slow -rP  # -rP: print the measured figures
@@ -86,6 +89,14 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# Every experiment's changed params and headline metrics, within 120 columns: run it in a
+# DVC project (this one, or build/demo after `make demo`). Module and data deps, the
+# training curves' last values and the per-class scores are left out; `dvc exp show`
+# shows everything.
+EXPS_DROP := ^(Created|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*/(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
+exps:
+	@$(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4
 
 # The naive reference recipe against the pipeline, timed side by side on the same synthetic
 # photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.

@@ -2,7 +2,7 @@
 
     python -m scripts.bench_precision [--steps 30] [--batch 64] [--precisions float32 mixed_float16]
 
-Builds the network exactly as the pipeline does (stages/network.py, with params.yaml's
+Builds the network exactly as the pipeline does (finetune/model/assembly.py, with params.yaml's
 recipe: InceptionV3 at 150 px, cut at mixed7, mixed6 .. mixed7 fine-tuned, the Flatten ->
 Dense(1024) head), on random weights in the published file's layout (a network's speed
 does not depend on its weights' values), and times, for each precision:
@@ -13,7 +13,8 @@ does not depend on its weights' values), and times, for each precision:
   `dvc exp run -S lr=...` pays per epoch).
 
 It prints images/s for each, and each precision's speed relative to the first one. Any Keras
-backend: `KERAS_BACKEND=jax` runs it where TensorFlow is not installed (see README, "GPUs").
+backend: `KERAS_BACKEND=jax` runs it where TensorFlow is not installed (see
+docs/scaling-out.md, "GPUs").
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from finetune.core.params import load_params
+from finetune.model.assembly import build_feature_extractor, build_model, set_phase, trained_part
 from scripts.random_weights import INCEPTION_NOTOP, write_random_inception
-from stages.network import build_feature_extractor, build_model, set_phase, trained_part
-from stages.params import load_params
 
 CLASSES = ["cat", "dog"]
 

@@ -27,7 +27,7 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 MOBILENET_SHA256 = "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
 
 # MobileNet alpha 0.25, frozen, global-average-pooling head: the configuration
-# that shows transfer on the sample (see README, "Results").
+# that shows transfer on the sample (see docs/results.md).
 MOBILENET_PARAMS: dict[str, Any] = {
     "backbone": "MobileNet",
     "alpha": 0.25,

@@ -1,0 +1,70 @@
+"""Where the stages read and write: the one place in the code that names a path.
+
+dvc.yaml declares the same paths as deps and outs; `tests/unit/test_dvc_yaml.py` ties
+each constant here to dvc.yaml, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+# fetch_data: RAW_DIR holds TRAIN_ZIP, and TEST_ZIP and SAMPLE_SUBMISSION where the data
+# set has a test set (the competition's does)
+RAW_DIR = Path("data/raw")
+TRAIN_ZIP = RAW_DIR / "train.zip"
+TEST_ZIP = RAW_DIR / "test.zip"
+SAMPLE_SUBMISSION = RAW_DIR / "sample_submission.csv"
+DOWNLOAD_DIR = Path("data/.kaggle-download")  # scratch: the kaggle client resumes from it
+
+# split_classes
+TRAIN_DIR = Path("data/train")
+# What TRAIN_DIR holds (classes; each image's path, size and CRC-32): the stages that read
+# the images depend on this small file, not on the folder, which DVC would hash again for
+# each of them on every `dvc repro` (seconds for tens of thousands of files).
+TRAIN_MANIFEST = Path("data/train.json")
+DATA_REPORT = Path("metrics/data.json")
+
+# fetch_weights
+WEIGHTS_FILE = Path("models/backbone_notop.h5")
+
+# features
+FEATURES_DIR = Path("data/features")
+TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_DIR
+TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION, if any
+FEATURES_INDEX = FEATURES_DIR / "index.json"
+
+# train
+MODEL_FILE = Path("models/model.keras")
+TRAIN_LIVE_DIR = Path("metrics/train")  # dvclive's folder: metrics.json and plots/
+BACKUP_DIR = Path("models/.train-backup")  # scratch: resumes a killed training
+
+# evaluate
+EVALUATE_LIVE_DIR = Path("metrics/evaluate")
+
+# submit: SUBMISSION_DIR holds SUBMISSION_FILE where the data set has a test set
+SUBMISSION_DIR = Path("data/submission")
+SUBMISSION_FILE = SUBMISSION_DIR / "submission.csv"
+
+
+# Where `dvc exp run --queue` (and --temp) runs a copy of the project: <project>/EXPS_DIR/...
+EXPS_DIR = Path(".dvc/tmp/exps")
+
+
+def project_path(value: str) -> Path:
+    """A path from params.yaml (`data_source`, a local `weights_urls` entry) as its writer
+    meant it: a relative one against the project, not against the copy a queued experiment
+    runs in. The project is DVC_ROOT, which DVC sets for every stage (for a queued run, to
+    the project the copy came from), else the working folder; a folder inside
+    <project>/.dvc/tmp/exps/ (the copy itself: a stage run by hand there) means <project>.
+    The value's text stays what DVC tracks; only where it is read changes."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    start = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if folder.parts[-len(EXPS_DIR.parts):] == EXPS_DIR.parts:
+            return folder.parents[len(EXPS_DIR.parts) - 1] / path
+    return start / path

@@ -1,0 +1,99 @@
+"""Unpacking the images into data/train/<class>/, each decoded once on the way.
+
+Entries are extracted straight into their class folder (no second copy of the images),
+each decoded with TensorFlow's own decoder (the one training uses), so that an unreadable
+image is skipped here and listed in metrics/data.json instead of crashing training later.
+TensorFlow's JPEG decoder refuses a truncated file ("Premature end of JPEG data"), so a
+cut-off download is caught by the decode alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+from finetune.core.atomic import atomic_output
+from finetune.core.errors import StageError
+from finetune.core.paths import TRAIN_DIR, TRAIN_ZIP
+from finetune.dataset.archive import read
+from finetune.dataset.classes import Image
+
+CHUNK = 64  # images per task of the thread pool
+
+
+def workers() -> int:
+    """Threads to check images with: one per CPU this process may use (decoding is
+    CPU-bound; more threads only contend for the cores and the GIL)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: float
+                 ) -> tuple[list[Image], dict[str, int], dict[str, str]]:
+    """Decode every image and write the readable ones into data/train/<class>/; return
+    those, how many each class has, and why each unreadable one is."""
+    # Imported here, once (not from several threads at once), after the cheap checks.
+    from finetune.dataset.decode import decode_error
+
+    labels = sorted({image.label for image in images})
+    counts = dict.fromkeys(labels, 0)
+    readable: list[Image] = []
+    unreadable: dict[str, str] = {}
+    with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
+        for label in labels:
+            (staging / label).mkdir(parents=True)
+
+        def check(chunk: list[Image]) -> list[tuple[Image, str]]:
+            """Read, decode and, if readable, write each image of `chunk`: (image, why it
+            is unreadable or "")."""
+            checked = []
+            for image in chunk:
+                data = read(archive, image.info)
+                reason = decode_error(data)
+                if not reason:
+                    destination = staging / image.label / image.name
+                    if "/" in image.name:
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                    destination.write_bytes(data)
+                checked.append((image, reason))
+            return checked
+
+        # Each worker reads, decodes and writes its own images, one at a time (bounded
+        # memory), and nothing waits on the main thread. Decoding releases the GIL; so
+        # do the reads (one shared archive handle, locked per entry: cheaper than a
+        # handle per worker, each parsing the directory again) and the writes.
+        chunks = [images[start:start + CHUNK] for start in range(0, len(images), CHUNK)]
+        futures = [pool.submit(check, chunk) for chunk in chunks]
+        try:
+            done = 0
+            for future in futures:  # in order, for the progress lines
+                checked = future.result()
+                for image, reason in checked:
+                    if reason:
+                        unreadable[image.listed_as] = reason
+                    else:
+                        counts[image.label] += 1
+                        readable.append(image)
+                before, done = done, done + len(checked)
+                if done * 10 // len(images) > before * 10 // len(images):  # every 10%
+                    print(f"split_classes: {done}/{len(images)} images checked",
+                          file=sys.stderr)
+        except BaseException:
+            # A damaged entry (refused as a whole) or ^C: stop now, not after the rest.
+            pool.shutdown(cancel_futures=True)
+            raise
+
+        empty = [label for label, count in counts.items() if count == 0]
+        if empty:
+            raise StageError(f"{TRAIN_ZIP}: no readable '{empty[0]}' images; "
+                             "a class with no images cannot be learned")
+        fraction = len(unreadable) / len(images)
+        if fraction > max_unreadable:
+            raise StageError(f"{TRAIN_ZIP}: {len(unreadable)} of {len(images)} images "
+                             f"({fraction:.1%}) are unreadable, over max_unreadable_fraction "
+                             f"{max_unreadable}; fetch the data again")
+    return readable, counts, unreadable

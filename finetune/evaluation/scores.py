@@ -1,0 +1,49 @@
+"""Validation scores, logged through dvclive so `dvc metrics` and `dvc plots` read them.
+
+Two classes are scored as the competition does, on P(second class) (P(dog)). More are
+scored on the probability of each class: the multi-class log loss, one-vs-rest ROC AUC
+averaged over the classes (macro), and ROC and precision-recall curves of every (image,
+class) pair pooled one-vs-rest (the micro average), so the plots keep one curve each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+               ) -> None:
+    """Accuracy, log loss, ROC AUC and per-class precision/recall/F1, with their plots, from
+    a probability per class (a column each)."""
+    from sklearn import metrics
+
+    predicted = probabilities.argmax(axis=1)
+    every_label = list(range(len(classes)))
+    live.log_metric("images", len(labels), plot=False)
+    live.log_metric("accuracy", metrics.accuracy_score(labels, predicted), plot=False)
+    if len(classes) == 2:  # on P(second class), the competition's way
+        scores, truth = probabilities[:, 1], labels
+        log_loss = metrics.log_loss(labels, scores, labels=every_label)
+        roc_auc = metrics.roc_auc_score(labels, scores)
+    else:  # every (image, class) pair, one-vs-rest
+        scores, truth = probabilities.ravel(), np.eye(len(classes))[labels].ravel()
+        log_loss = metrics.log_loss(labels, probabilities, labels=every_label)
+        roc_auc = metrics.roc_auc_score(labels, probabilities, multi_class="ovr",
+                                        average="macro", labels=every_label)
+    live.log_metric("log_loss", log_loss, plot=False)
+    live.log_metric("roc_auc", roc_auc, plot=False)
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        labels, predicted, labels=every_label, zero_division=0)
+    for index, name in enumerate(classes):
+        live.log_metric(f"{name}/precision", precision[index], plot=False)
+        live.log_metric(f"{name}/recall", recall[index], plot=False)
+        live.log_metric(f"{name}/f1", f1[index], plot=False)
+    for key, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        live.log_metric(f"macro/{key}", float(np.mean(values)), plot=False)
+
+    live.log_sklearn_plot("confusion_matrix", [classes[i] for i in labels],
+                          [classes[i] for i in predicted], name="confusion_matrix.json")
+    live.log_sklearn_plot("roc", truth, scores, name="roc.json")
+    live.log_sklearn_plot("precision_recall", truth, scores, name="precision_recall.json")

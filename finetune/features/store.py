@@ -1,0 +1,155 @@
+"""The feature store: the frozen part's cached activations (the features stage's output).
+
+One `.npy` file per image set (float16 rows, one per image, in the order of the
+index), written row by row and read back by rows with `os.pread`: neither side
+ever holds the whole file in memory (at 299 px, InceptionV3's `mixed6` is 444 KB
+an image in float16, 11 GB for 25,000 images), and reading by rows, unlike a
+memory map, does not count the file's pages in the process's resident memory.
+
+float16, not float32: half the disk and I/O; its 11-bit mantissa rounds each
+activation by at most 2^-11 of its value, far below what training can tell apart
+(see docs/pipeline.md, "Features").
+
+index.json records what the rows are (the class names, image paths and labels, test
+ids, the unreadable test images) and the params that produced them, so a stage can refuse
+features made for another configuration.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune.core.errors import StageError
+from finetune.core.paths import FEATURES_INDEX
+from finetune.core.progress import Progress
+from finetune.dataset.split import Sample
+
+DTYPE = np.dtype("float16")
+# The params that change the activations: exactly the features stage's params in dvc.yaml.
+FEATURE_PARAMS = ("backbone", "alpha", "image_size", "preprocessing", "unfreeze_after",
+                  "precision")
+
+
+class FeatureWriter:
+    """Writes `count` rows of `shape` to a .npy file, in order, as they come."""
+
+    def __init__(self, path: Path, count: int, shape: tuple[int, ...]) -> None:
+        self.count, self.shape, self.written = count, tuple(shape), 0
+        self.stream = path.open("wb")
+        header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False,
+                  "shape": (count, *self.shape)}
+        np.lib.format.write_array_header_2_0(self.stream, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=DTYPE)
+        assert rows.shape[1:] == self.shape, (rows.shape, self.shape)
+        self.stream.write(rows.tobytes())
+        self.written += len(rows)
+
+    def close(self) -> None:
+        self.stream.close()
+        if self.written != self.count:
+            raise StageError(f"wrote {self.written} feature rows of {self.count}")
+
+
+class FeatureFile:
+    """Rows of a .npy feature file, read on demand: `features[rows]` is a float32 array."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with path.open("rb") as stream:
+                version = np.lib.format.read_magic(stream)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(stream)
+                self.offset = stream.tell()
+        except (OSError, ValueError) as error:
+            raise StageError(f"cannot read {path} ({error}): run `dvc repro features`") from None
+        if fortran or dtype != DTYPE or len(shape) < 2:
+            raise StageError(f"{path} is not a feature file: run `dvc repro -f features`")
+        self.path, self.count, self.shape = path, shape[0], tuple(shape[1:])
+        self.row_bytes = int(np.prod(self.shape)) * DTYPE.itemsize
+        expected = self.offset + self.count * self.row_bytes
+        if path.stat().st_size != expected:
+            raise StageError(f"{path} is truncated: run `dvc repro -f features`")
+        self.descriptor = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        outside = rows[(rows < 0) | (rows >= self.count)]
+        if outside.size:
+            raise IndexError(f"row {outside[0]} of {self.count}")
+        out = np.empty((len(rows), self.row_bytes), dtype=np.uint8)
+        # One read per run of consecutive rows: evaluate and submit read them in order (a
+        # batch in one call); training's shuffled batches cost a call per row.
+        bounds = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1), len(rows)] if len(rows) else []
+        for start, end in itertools.pairwise(bounds):
+            size = (end - start) * self.row_bytes
+            data = os.pread(self.descriptor, size,
+                            self.offset + int(rows[start]) * self.row_bytes)
+            if len(data) != size:
+                raise StageError(f"{self.path} is truncated: run `dvc repro -f features`")
+            out[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, self.row_bytes)
+        return out.view(DTYPE).reshape(len(rows), *self.shape).astype(np.float32)
+
+    def __del__(self) -> None:
+        descriptor = getattr(self, "descriptor", None)
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...], classes: list[str],
+                train: list[Sample], test_ids: list[str], unreadable: dict[str, Any]) -> None:
+    index = {"params": {key: params[key] for key in FEATURE_PARAMS}, "shape": list(shape),
+             "dtype": DTYPE.name, "classes": classes,
+             "train": [[path, label] for path, label in train],
+             "test_ids": test_ids, "test_unreadable": unreadable}
+    path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX) -> dict[str, Any]:
+    """The features' index, checked against the params they must have been made with."""
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: run `dvc repro features` first") from None
+    except (OSError, ValueError) as error:
+        raise StageError(f"cannot read {path} ({error}): run `dvc repro -f features`") from None
+    made_with = index.get("params", {})
+    for key in FEATURE_PARAMS:
+        if made_with.get(key) != params[key]:
+            raise StageError(f"the features were made with {key}: {made_with.get(key)!r}, "
+                             f"params.yaml has {params[key]!r}: run `dvc repro features`")
+    if "classes" not in index:
+        raise StageError(f"{path} was made by an older version: run `dvc repro -f features`")
+    index["train"] = [(str(path), int(label)) for path, label in index["train"]]
+    return index
+
+
+def predict_rows(trained_part: Any, features: FeatureFile, rows: np.ndarray, batch_size: int,
+                 what: str) -> np.ndarray:
+    """The model's outputs for `features[rows]`, batch by batch: float64, a row per image
+    (one column, P(second class), for two classes; a probability per class for more).
+    `trained_part` is the model above its frozen part (finetune.model.assembly.trained_part)."""
+    expected = tuple(trained_part.input_shape[1:])
+    if expected != features.shape:
+        raise StageError(f"the model takes activations of shape {expected}, the features are "
+                         f"{features.shape}: run `dvc repro`")
+    progress = Progress(what, len(rows))
+    outputs = []
+    for start in range(0, len(rows), batch_size):
+        batch = features[rows[start:start + batch_size]]
+        outputs.append(np.asarray(trained_part.predict_on_batch(batch)))
+        progress.update(len(batch))
+    units = int(trained_part.output_shape[-1])
+    return (np.concatenate(outputs).astype(np.float64) if outputs
+            else np.zeros((0, units)))

@@ -1,0 +1,115 @@
+"""The network: any keras.applications backbone, cut, split and given a new head.
+
+The model is built from named parts so that the data flow can change without a
+rewrite (for instance, running `frozen_base` once per image and caching its
+output):
+
+    image (raw 0-255 pixels)
+      -> augmentation  (random flip/rotation/zoom, training only; absent when off)
+      -> preprocessing (the backbone's own preprocess_input, or x / 255)
+      -> frozen_base   (backbone input .. unfreeze_after; never trained)
+      -> trainable_base (unfreeze_after .. cut_layer; fine-tuned; absent when empty)
+      -> head          (flatten or global average pooling, Dense, Dropout, then a
+                        sigmoid for two classes or a softmax over N)
+      -> class_names   (the identity, carrying the class names into the saved model)
+
+BatchNormalization layers of the backbone always run in inference mode, keeping
+their ImageNet statistics while the layers around them are fine-tuned (the Keras
+transfer-learning guide's rule). The guide's `base(x, training=False)` is not
+enough in Keras 3: `fit` calls the model with `training=True`, which overrides it
+(keras-team/keras#20285). A BatchNormalization layer with `trainable = False` runs
+in inference mode whatever `training` says, so `set_phase` freezes them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from finetune.model.backbone import (
+    build_backbone,
+    check_layers,
+    layer_name,
+    load_backbone_weights,
+)
+from finetune.model.layers import ClassNames, augmentation, build_head, preprocessing
+
+
+def frozen_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model:
+    """Backbone input .. unfreeze_after: never trained, so its output can be cached."""
+    split = backbone.get_layer(layer_name(backbone, params, "unfreeze_after")).output
+    frozen_base = keras.Model(backbone.input, split, name="frozen_base")
+    frozen_base.trainable = False
+    return frozen_base
+
+
+def build_feature_extractor(params: dict[str, Any], weights_file: Path) -> keras.Model:
+    """Raw pixels -> preprocessing -> frozen_base: what the features stage caches. It reads
+    only the params that change these activations (not cut_layer, the head or training)."""
+    backbone = build_backbone(params)
+    check_layers(backbone, params, keys=("unfreeze_after",))
+    load_backbone_weights(backbone, weights_file)
+    size = params["image_size"]
+    inputs = keras.Input((size, size, 3), name="image")
+    outputs = frozen_part(backbone, params)(preprocessing(params)(inputs))
+    return keras.Model(inputs, outputs, name="feature_extractor")
+
+
+def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
+                classes: list[str]) -> keras.Model:
+    """Build and compile the model for `classes` (label i is classes[i]); call it inside a
+    tf.distribute strategy's scope to scale."""
+    backbone = build_backbone(params)
+    check_layers(backbone, params)
+    load_backbone_weights(backbone, weights_file)
+
+    frozen_base = frozen_part(backbone, params)
+    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
+                                 for key in ("unfreeze_after", "cut_layer"))
+    split = backbone.get_layer(unfreeze_after).output
+    size = params["image_size"]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    augment = augmentation(params)
+    if augment is not None:
+        x = augment(x)
+    x = preprocessing(params)(x)
+    x = frozen_base(x)
+    if unfreeze_after != cut_layer:
+        cut = backbone.get_layer(cut_layer).output
+        trainable_base = keras.Model(split, cut, name="trainable_base")
+        x = trainable_base(x)
+    head = build_head(params, len(classes))(x)
+    outputs = ClassNames(classes, name="class_names", dtype="float32")(head)
+    model = keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+    set_phase(model, params, fine_tune)
+    return model
+
+
+def trained_part(model: keras.Model) -> keras.Model:
+    """The model above frozen_base (trainable_base, if any, and the head), as a model of
+    its own that takes frozen_base's activations. It shares its layers with `model`:
+    training one trains the other."""
+    features = keras.Input(model.get_layer("frozen_base").output.shape[1:], name="features")
+    x = features
+    if "trainable_base" in [layer.name for layer in model.layers]:
+        x = model.get_layer("trainable_base")(x)
+    return keras.Model(features, model.get_layer("head")(x), name="trained_part")
+
+
+def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> None:
+    """Freeze or unfreeze `trainable_base` and (re)compile: Keras needs a compile after either."""
+    if "trainable_base" in [layer.name for layer in model.layers]:
+        trainable_base = model.get_layer("trainable_base")
+        trainable_base.trainable = fine_tune  # sets every layer inside, BatchNorm included
+        for layer in trainable_base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False  # inference mode: see the module docstring
+    binary = model.output_shape[-1] == 1  # a sigmoid: two classes
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params["lr" if fine_tune else "head_lr"]),
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )

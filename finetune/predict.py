@@ -1,0 +1,162 @@
+"""Name the class of image files: `predict [--model FILE] [--all] PATH...` (installed by
+`pip install -e .`), or `python -m finetune.predict ...`.
+
+Run from the project root. Each PATH is an image file, or a folder searched
+recursively for .jpg .jpeg .png .gif .bmp files (any case), in sorted order. The
+model is models/model.keras unless --model names another; images are resized to
+the size the model takes (its input shape: what it was trained with), so
+params.yaml is not read.
+
+Output: one line per file on stdout, in the order given, tab-separated:
+
+    PATH<TAB>dog<TAB>0.973112     the most probable class, then its probability
+    PATH<TAB>error<TAB>REASON     a file that could not be read or decoded as an image
+
+The class names are the model's own (saved in it by train: the data set's class
+folders, sorted). With --all, a predicted line goes on with every class's
+probability, in the model's class order, as NAME=P fields:
+
+    PATH<TAB>dog<TAB>0.973112<TAB>cat=0.026888<TAB>dog=0.973112
+
+Probabilities have 6 decimals. Failures go to stdout as well, so every file gets
+exactly one line, in order, and the output stays easy to parse (`cut -f2`); a
+count of the failures also goes to stderr.
+
+Exit status: 0 every file predicted; 1 some files failed (the others are still
+predicted); 2 nothing could be done: no PATH, a PATH that does not exist, no
+images found, or the model missing or unloadable (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from finetune.core.errors import StageError
+from finetune.core.paths import MODEL_FILE
+from finetune.core.progress import Progress
+from finetune.core.runner import run_main
+from finetune.dataset.image_files import IMAGE_EXTENSIONS
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="predict",
+        description="Print 'PATH<TAB>CLASS<TAB>PROBABILITY' per image (the most probable "
+                    "of the model's classes), or 'PATH<TAB>error<TAB>REASON'. Exit 0: all "
+                    "predicted, 1: some failed, 2: nothing done (bad PATH, no images, no "
+                    "model).")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image file, or folder searched recursively for "
+                             f"{' '.join(sorted(IMAGE_EXTENSIONS))} files")
+    parser.add_argument("--model", type=Path, default=MODEL_FILE, metavar="FILE",
+                        help=f"trained model (default: {MODEL_FILE})")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per model call (default: 32)")
+    parser.add_argument("--all", action="store_true",
+                        help="also print every class's probability, as NAME=P fields")
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return args
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    """The files to predict: each file as given, each folder's images sorted."""
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            files += sorted(found for found in path.rglob("*")
+                            if found.suffix.lower() in IMAGE_EXTENSIONS and found.is_file())
+        elif path.exists():
+            files.append(path)  # named explicitly: tried whatever its extension
+        else:
+            raise StageError(f"{argument}: no such file or folder")
+    if not files:
+        raise StageError(f"no {'/'.join(sorted(IMAGE_EXTENSIONS))} images found in "
+                         f"{', '.join(arguments)}")
+    return files
+
+
+def load(path: Path, size: int) -> Any:
+    """The image's pixels as the model takes them, or the reason it cannot be read."""
+    import numpy as np
+    import tensorflow as tf
+
+    from finetune.dataset.decode import decode_error, decode_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return error.strerror or str(error)
+    try:
+        return np.asarray(decode_image(data, size), dtype=np.float32)
+    except tf.errors.OpError:
+        return decode_error(data) or "cannot be decoded"
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Print one line per file; return how many failed."""
+    files = image_files(args.paths)  # before loading the model: it takes seconds
+    if not args.model.is_file():
+        raise StageError(f"{args.model} not found: run `dvc repro train`, or pass --model")
+    import numpy as np
+
+    from finetune.model.saved import (
+        load_model,
+        model_class_names,
+        model_image_size,
+        predict_probabilities,
+    )
+
+    model = load_model(args.model)
+    size = model_image_size(model, args.model)
+    classes = model_class_names(model)
+    failed = 0
+    progress = Progress("predict", len(files))
+    # Decoding releases the GIL, so threads decode a batch's files at once. Each file
+    # is decoded on its own, so a bad one is reported without spoiling its batch.
+    with ThreadPoolExecutor() as pool:
+        for start in range(0, len(files), args.batch_size):
+            batch = files[start:start + args.batch_size]
+            loaded = list(pool.map(lambda path: load(path, size), batch))
+            good = [index for index, item in enumerate(loaded) if not isinstance(item, str)]
+            probabilities: dict[int, np.ndarray] = {}
+            if good:
+                predicted = predict_probabilities(model, np.stack([loaded[i] for i in good]))
+                probabilities = dict(zip(good, predicted, strict=True))
+            for index, path in enumerate(batch):
+                if index in probabilities:
+                    row = probabilities[index]
+                    best = int(row.argmax())
+                    every = "".join(f"\t{name}={p:.6f}" for name, p in zip(classes, row,
+                                                                          strict=True))
+                    print(f"{path}\t{classes[best]}\t{row[best]:.6f}{every if args.all else ''}")
+                else:
+                    failed += 1
+                    print(f"{path}\terror\t{loaded[index]}")
+            sys.stdout.flush()  # results as they come, when piped too
+            progress.update(len(batch))
+    if failed:
+        print(f"predict: {failed} of {len(files)} file(s) could not be read as images",
+              file=sys.stderr)
+    return failed
+
+
+def main() -> None:
+    args = parse_args()  # before TensorFlow is imported: --help and usage errors are instant
+    sys.exit(1 if predict(args) else 0)
+
+
+def cli() -> None:
+    """The `predict` command. A StageError means nothing was predicted: status 2, apart from
+    1 for "some failed"."""
+    run_main(main, error_status=2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,84 @@
+"""Checkpoints and exact resume.
+
+Every epoch ends with a backup of the weights and the optimizer in models/.train-backup
+(kept between runs, not a DVC output), so the next `dvc repro` after a kill continues
+from the last completed epoch, with the same batches in the same order, and ends with
+the same metrics as an uninterrupted run. A backup is used only by a run with the same
+params, images and weights (its fingerprint), and deleted once the model is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from finetune.core.paths import WEIGHTS_FILE
+from finetune.training.outputs import Outputs
+
+
+def fingerprint(params: dict[str, Any], identity: list) -> str:
+    """What a backup must match to be resumed: params, training inputs, weights file."""
+    weights = WEIGHTS_FILE.stat()
+    identity = [params, identity, [weights.st_size, weights.st_mtime_ns]]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def resumable_backup(run_id: str, outputs: Outputs, multi_worker: bool = False) -> bool:
+    """True if models/.train-backup holds a killed run of this very training; else clear it.
+    Multi-worker training starts afresh: the other workers hold no backup to resume from."""
+    stamp = outputs.backup / "run-id"
+    if stamp.is_file() and stamp.read_text() == run_id:
+        if not multi_worker:
+            return True
+        print("train: not resuming the interrupted run: multi-worker training cannot resume "
+              "(the other workers hold no backup); starting afresh", file=sys.stderr)
+    shutil.rmtree(outputs.backup, ignore_errors=True)
+    outputs.backup.mkdir(parents=True)
+    stamp.write_text(run_id)
+    return False
+
+
+def save_atomically(model: keras.Model, path: Path) -> None:
+    partial = path.with_name(f"partial-{path.name}")  # Keras wants the .weights.h5 ending
+    model.save_weights(partial)
+    partial.replace(path)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """At each epoch end: the best weights so far, then a backup to resume from.
+
+    Keras's BackupAndRestore is not safe against SIGKILL: it writes the weights,
+    then the epoch number, each in place, and a kill during or between the two
+    leaves a backup that does not load or resumes the wrong epoch. Here every file
+    is complete before a rename makes it visible, and the epoch is in its name.
+    """
+
+    def __init__(self, best_val_loss: float, outputs: Outputs) -> None:
+        super().__init__()
+        self.best_val_loss, self.outputs = best_val_loss, outputs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (logs or {})["val_loss"] < self.best_val_loss:
+            self.best_val_loss = logs["val_loss"]
+            save_atomically(self.model, self.outputs.best_weights)
+        save_atomically(self.model, self.outputs.backup / f"epoch-{epoch + 1:04d}.weights.h5")
+        for older in self.outputs.backup.glob("epoch-*.weights.h5"):
+            if older.name < f"epoch-{epoch + 1:04d}":
+                older.unlink()
+
+
+def completed_epochs(outputs: Outputs) -> int:
+    """Epochs the newest backup holds (0: none)."""
+    backups = sorted(outputs.backup.glob("epoch-*.weights.h5"))
+    return int(backups[-1].name[6:10]) if backups else 0
+
+
+def restore(model: keras.Model, epochs_done: int, outputs: Outputs) -> None:
+    model.optimizer.build(model.trainable_variables)  # the file holds its state too
+    model.load_weights(outputs.backup / f"epoch-{epochs_done:04d}.weights.h5")

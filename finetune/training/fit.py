@@ -1,0 +1,121 @@
+"""The fit loop: build the model, fit (the head alone first if asked, then fine-tuning),
+resume a killed run of the same training, keep the best or last epoch, and save the whole
+model, frozen part included, taking raw pixels. On a multi-worker cluster every worker
+runs it in step (finetune.training.multi_worker); only the chief's files count."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from typing import Any
+
+import keras
+from dvclive import Live
+
+from finetune.core.atomic import atomic_output
+from finetune.core.params import EXECUTION_PARAMS
+from finetune.core.paths import WEIGHTS_FILE
+from finetune.model.assembly import build_model, set_phase, trained_part
+from finetune.training.checkpoints import (
+    Checkpoints,
+    completed_epochs,
+    fingerprint,
+    restore,
+    resumable_backup,
+)
+from finetune.training.determinism import EpochRandomness
+from finetune.training.inputs import TrainingData
+from finetune.training.keras_workarounds import keras_patched
+from finetune.training.live_log import EpochLogger, forget_logged_epochs, logged_val_losses
+from finetune.training.multi_worker import WorkerRole, check_same_training, distribute
+from finetune.training.outputs import Outputs, worker_outputs
+
+
+def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = None,
+          strategy: Any = None) -> None:
+    """Fit (resuming a killed run of the same training), keep the best or last epoch, and
+    save the whole model, frozen part included, taking raw pixels. With a tf.distribute
+    `strategy`, the model is built and trained in its scope, each replica on its share of
+    each batch."""
+    outputs = outputs or Outputs()  # the project's own paths
+    resuming = resumable_backup(fingerprint(params, data.identity), outputs, strategy is not None)
+    done = completed_epochs(outputs) if resuming else 0
+    if resuming:
+        print(f"train: resuming the interrupted run after epoch {done}", file=sys.stderr)
+        forget_logged_epochs(since=done, outputs=outputs)
+    head_epochs, epochs = params["head_epochs"], params["epochs"]
+    total = head_epochs + epochs
+    fine_tune = head_epochs == 0 or done > head_epochs
+
+    def scope() -> contextlib.AbstractContextManager:  # a fresh one each time: not reentrant
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with scope():
+        model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune, classes=data.classes)
+        # On features, fit the layers above frozen_base: they are shared with `model`.
+        trainee = trained_part(model) if data.on_features else model
+        set_phase(trainee, params, fine_tune=fine_tune)
+    if done:
+        restore(trainee, done, outputs)
+
+    # The best val_loss so far survives a resume in dvclive's log, kept by `persist`.
+    checkpoints = Checkpoints(min(logged_val_losses(outputs), default=float("inf")) if resuming
+                              else float("inf"), outputs)
+    verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in CI logs
+    training, validation = data.train, data.validation
+    if strategy is not None:  # each replica its share of each batch (see multi_worker)
+        training = distribute(strategy, data.train, steps=None)
+        validation = distribute(strategy, data.validation, steps=data.validation.num_batches)
+
+    def fit(first_epoch: int, end_epoch: int) -> None:
+        # Logged before checkpointed: a backup never gets ahead of the log.
+        callbacks = [EpochRandomness(), logger, checkpoints]
+        data.train.first_epoch = first_epoch
+        # shuffle=False: EpochBatches shuffles, by epoch, and fit's own would be ignored.
+        trainee.fit(training, steps_per_epoch=data.train.steps, shuffle=False,
+                    validation_data=validation,
+                    initial_epoch=first_epoch, epochs=end_epoch, callbacks=callbacks,
+                    verbose=verbose)
+
+    # dvcyaml=False: dvc.yaml is written by hand; one step per epoch across both fits.
+    with Live(str(outputs.live), dvcyaml=False, save_dvc_exp=False, resume=resuming) as live:
+        logger = EpochLogger(live=live)
+        if done < head_epochs:
+            fit(done, head_epochs)
+        if head_epochs and done <= head_epochs:
+            with scope():
+                set_phase(trainee, params, fine_tune=True)
+        if max(done, head_epochs) < total:
+            fit(max(done, head_epochs), total)
+
+        history = logged_val_losses(outputs)[:total]
+        best_epoch = 1 + history.index(min(history))
+        kept_epoch = best_epoch if params["keep"] == "best" else total
+        if kept_epoch != total:
+            trainee.load_weights(outputs.best_weights)
+        live.summary["kept_epoch"] = kept_epoch
+        live.summary["best_epoch"] = best_epoch
+
+    # Saved without the optimizer: Adam's moment estimates (twice the trainable
+    # weights) only matter to resume training; evaluation and prediction need none.
+    inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
+    with atomic_output(outputs.model) as partial:
+        inference_model.save(partial)
+    shutil.rmtree(outputs.backup)
+    print(f"train: saved {outputs.model} from epoch {kept_epoch} of {total} "
+          f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)
+
+
+def train_on_cluster(params: dict[str, Any], data: TrainingData, cluster: WorkerRole,
+                     strategy: Any) -> None:
+    """`train` on this worker of the cluster, in step with the others."""
+    # What every worker must share (not file times: `dvc pull` sets those per machine).
+    identity = [{key: value for key, value in params.items() if key not in EXECUTION_PARAMS},
+                data.classes, len(data.train.rows), data.validation.num_batches]
+    check_same_training(strategy, identity)
+    with keras_patched(), worker_outputs(cluster) as outputs:
+        train(params, data, outputs, strategy)
+    if not cluster.is_chief:
+        print(f"train: {cluster.task_type} {cluster.index} done; the chief wrote the outputs",
+              file=sys.stderr)

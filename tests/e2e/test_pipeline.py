@@ -1,0 +1,169 @@
+"""The whole DAG with real DVC in a temporary git repo, offline.
+
+Kaggle is a loopback server that the real kaggle client talks to, serving a bundle
+of drawn photos (conftest's `sample_dir`); the weights come from a loopback HTTP
+server serving an InceptionV3 notop file with random weights in the real file's
+legacy HDF5 layout. Small images, few photos and one epoch keep it to a few minutes;
+it checks the plumbing, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+from scripts.demo import copy_project
+from tests.support.commands import dvc, ran_stages, stage_env
+from tests.support.kaggle_server import KaggleServer, build_competition_bundle
+from tests.support.servers import serving
+from tests.support.weights import md5
+
+# Made at run time, so no file of the project holds it unless the pipeline wrote it there.
+PLANTED_KEY = f"planted-{uuid.uuid4().hex}"
+OUTS = [
+    "data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv",
+    "data/train/cat", "data/train/dog", "metrics/data.json",
+    "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
+    "models/backbone_notop.h5", "models/model.keras",
+    "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission/submission.csv",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(sample_dir, inception_weights, tmp_path_factory):
+    """A project copy that has run `dvc repro` once, with its servers still up."""
+    root = tmp_path_factory.mktemp("e2e")
+    bundle = build_competition_bundle(sample_dir, root / "bundle", per_class=60, test_images=10)
+    served = root / "served"
+    served.mkdir()
+    shutil.copy(inception_weights, served / inception_weights.name)
+    project = root / "project"
+    project.mkdir()
+    kaggle_config = root / "kaggle-config"
+    kaggle_config.mkdir()
+    with serving(served) as weights_base, KaggleServer(bundle, key=PLANTED_KEY) as kaggle:
+        copy_project(project, {
+            # A dead mirror first: fetch_weights must fall back to the next one.
+            "weights_urls": ["http://127.0.0.1:9/unreachable.h5",
+                             f"{weights_base}/{inception_weights.name}"],
+            "weights_hash": f"md5:{md5(inception_weights)}",
+            "image_size": 75,  # InceptionV3's minimum
+            "batch_size": 16,
+            "epochs": 1,
+        })
+        env = stage_env(**kaggle.env(), KAGGLE_CONFIG_DIR=str(kaggle_config))
+        first = dvc(project, env, "repro")
+        yield project, env, kaggle, first
+
+
+def test_repro_builds_every_declared_output(pipeline):
+    project, _, _, first = pipeline
+    assert ran_stages(first.stdout) == [
+        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit"]
+    for out in OUTS:
+        assert (project / out).exists(), f"{out} missing after dvc repro"
+    assert len(list((project / "data/train/cat").iterdir())) == 60
+    evaluation = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert evaluation["images"] == 24  # 20% of 60 per class
+    assert 0 <= evaluation["accuracy"] <= 1 and evaluation["log_loss"] > 0
+
+
+def test_second_repro_runs_nothing(pipeline):
+    project, env, _, _ = pipeline
+    result = dvc(project, env, "repro")
+    assert ran_stages(result.stdout) == []
+    assert "up to date" in result.stdout
+
+
+def test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff(pipeline):
+    project, env, _, _ = pipeline
+    subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, env=env, check=True)
+
+    result = dvc(project, env, "exp", "run", "-S", "lr=1e-4")
+    # Nothing upstream of train reruns: no download, no extraction. submit predicts
+    # with the new model, so it reruns with evaluate.
+    assert ran_stages(result.stdout) == ["train", "evaluate", "submit"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["lr"] in (1e-4, "1e-4")
+
+    # --all: with random backbone weights the accuracy can stay at exactly 0.5, and
+    # plain `metrics diff` hides unchanged values.
+    diff = dvc(project, env, "metrics", "diff", "--all").stdout
+    for metric in ("accuracy", "log_loss", "roc_auc"):
+        assert re.search(rf"metrics/evaluate/metrics\.json\s+{metric}\s", diff), diff
+    shown = dvc(project, env, "exp", "show", "--csv").stdout.splitlines()[0]
+    assert "lr" in shown.split(",") and "accuracy" in shown.split(","), shown
+
+
+def test_experiments_on_training_knobs_reuse_the_features(pipeline):
+    # DVC itself says which stages a change of params.yaml makes stale.
+    project, env, _, _ = pipeline
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    try:
+        params_file.write_text(yaml.safe_dump({
+            **params, "lr": 0.5, "epochs": 3, "dropout": 0.5, "dense_units": 8,
+            "val_split": 0.3, "seed": 7, "batch_size": 8, "cut_layer": "mixed4",
+            "head": "gap", "keep": "last", "head_epochs": 1}))
+        status = dvc(project, env, "status", "features").stdout
+        assert "up to date" in status, status
+        assert "train:" in dvc(project, env, "status", "train").stdout
+        params_file.write_text(yaml.safe_dump({**params, "image_size": 80}))
+        assert "features:" in dvc(project, env, "status", "features").stdout
+    finally:
+        params_file.write_text(original)
+
+
+def test_plots_show_renders_every_plot(pipeline):
+    project, env, _, _ = pipeline
+    dvc(project, env, "plots", "show", "-o", "plots_html")
+    html = (project / "plots_html" / "index.html").read_text()
+    for plot in ("metrics/train/plots/metrics/eval/loss.tsv",
+                 "metrics/train/plots/metrics/train/accuracy.tsv",
+                 "Confusion matrix (validation)", "ROC curve (validation)",
+                 "Precision-recall curve (validation)", "mistakes_png"):
+        assert plot in html, f"{plot} missing from dvc plots show"
+    assert list((project / "plots_html").rglob("*mistakes.png")), "mistakes grid not rendered"
+
+
+def test_submission_matches_the_sample(pipeline):
+    project, _, _, _ = pipeline
+    sample = (project / "data/raw/sample_submission.csv").read_text().splitlines()
+    rows = (project / "data/submission/submission.csv").read_text().splitlines()
+    assert rows[0] == "id,label"
+    assert [row.split(",")[0] for row in rows[1:]] == [row.split(",")[0] for row in sample[1:]]
+    clip = yaml.safe_load((project / "params.yaml").read_text())["clip"]
+    assert all(clip <= float(row.split(",")[1]) <= 1 - clip for row in rows[1:])
+
+
+def test_kaggle_key_is_never_written_anywhere(pipeline):
+    # The key was in the environment of every run above: it must not reach a log, a
+    # param, dvc.lock, the metrics, the DVC cache or git.
+    project, _, kaggle, first = pipeline
+    assert kaggle.key == PLANTED_KEY
+    assert PLANTED_KEY not in first.stdout + first.stderr
+    for path in project.rglob("*"):
+        if path.is_file():
+            assert PLANTED_KEY.encode() not in path.read_bytes(), f"Kaggle key found in {path}"
+
+
+def test_wrong_credentials_fail_fetch_data_cleanly(pipeline):
+    project, env, kaggle, _ = pipeline
+    wrong = {**env, **kaggle.env(key="wrong-key-000")}
+    result = dvc(project, wrong, "repro", "--force", "--single-item", "fetch_data", ok=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "wrong-key-000" not in output
+    assert PLANTED_KEY not in output
+    assert re.search(r"error: .*401", output), output
+    for out in ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv"):
+        assert not (project / out).exists(), f"{out} left behind by a failed fetch_data"
+    status = dvc(project, env, "status", "fetch_data").stdout
+    assert "deleted" in status  # DVC knows the outputs are gone: nothing was cached as good

@@ -1,0 +1,408 @@
+"""The features stage (stages/features.py) and its files (stages/activations.py).
+
+The stage runs on conftest's `extracted_features` project (MobileNet alpha 0.25 at
+96 px with `mobilenet_random_weights`, split at conv_pw_3_relu: 24 x 24 x 32
+activations an image), shared with tests/test_submit_predict.py. The expected rows
+come from `finetune.model.assembly.build_feature_extractor` applied to pixels decoded with
+Pillow (conftest's `photo_pixels`), not with the stage's own decoder.
+
+How close a row must be: float16 keeps an 11-bit significand, so the cached value is
+within 2^-11 of the float32 one, relatively; the check allows 2^-10 (and 1e-6
+absolute, for float32 arithmetic done in another order near zero). That holds only
+where both sides decode the same pixels: PNG. For a JPEG, TensorFlow (libjpeg's fast
+integer IDCT) and Pillow (its accurate one) differ by up to 4 levels on a pixel,
+which this random backbone amplifies to 0.09-0.2 of a row's norm (measured), while
+two different photos' rows are 0.9 or more apart: a JPEG's row must be within
+JPEG_DISTANCE of its own photo's and nearer to it than to any other's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from finetune.core.errors import StageError
+from finetune.features.store import FEATURE_PARAMS, FeatureFile, FeatureWriter, read_index
+from tests.support.commands import assert_stage_error, call_stage, stage_env
+from tests.support.photos import CLASSES, photo_pixels
+from tests.support.projects import (
+    EXTRACTED_PER_CLASS,
+    SMALL_NETWORK,
+    Extracted,
+    lay_out_project,
+    write_params,
+)
+from tests.support.shared import ROOT
+
+FLOAT16_RTOL = 2.0 ** -10
+FLOAT32_ATOL = 1e-6
+JPEG_DISTANCE = 0.35  # relative L2 distance to the row of Pillow's pixels (measured <= 0.2)
+
+
+def features_dir(project: Path) -> Path:
+    return project / "data" / "features"
+
+
+def read_json_index(project: Path) -> dict:
+    return json.loads((features_dir(project) / "index.json").read_text())
+
+
+# --- FeatureWriter / FeatureFile --------------------------------------------
+
+def random_rows(count: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """float32 rows spanning magnitudes from 1e-3 to 1e3, of both signs, and zeros."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((count, *shape)) * 10.0 ** rng.uniform(-3, 3, (count, *shape))
+    rows[rng.random((count, *shape)) < 0.1] = 0
+    return rows.astype(np.float32)
+
+
+def test_feature_file_round_trip(tmp_path):
+    shape = (3, 4, 5)
+    rows = random_rows(37, shape)
+    path = tmp_path / "rows.npy"
+    writer = FeatureWriter(path, len(rows), shape)
+    for start, stop in [(0, 1), (1, 1), (1, 10), (10, 36), (36, 37)]:  # an empty chunk too
+        writer.write(rows[start:stop])
+    writer.close()
+
+    rounded = rows.astype(np.float16).astype(np.float32)
+    assert not np.array_equal(rounded, rows)  # the rounding is real: the check below bites
+    features = FeatureFile(path)
+    assert len(features) == 37 and features.shape == shape
+    wanted = np.array([5, 0, 5, 36, 2, 2, 17])  # repeats, unsorted, both ends
+    read = features[wanted]
+    assert read.dtype == np.float32 and read.shape == (len(wanted), *shape)
+    np.testing.assert_array_equal(read, rounded[wanted])
+    np.testing.assert_array_equal(features[np.arange(37)], rounded)
+    assert features[np.array([], dtype=int)].shape == (0, *shape)
+    # A standard .npy file: NumPy reads it as written.
+    np.testing.assert_array_equal(np.load(path), rows.astype(np.float16))
+    for outside in (37, -1):
+        with pytest.raises(IndexError):
+            features[np.array([0, outside])]
+
+
+def test_feature_file_reads_numpy_saved_float16(tmp_path):
+    """A float16 file written by np.save (format 1.0 header) reads as well."""
+    rows = random_rows(6, (2, 3)).astype(np.float16)
+    np.save(tmp_path / "saved.npy", rows)
+    np.testing.assert_array_equal(FeatureFile(tmp_path / "saved.npy")[np.array([4, 1])],
+                                  rows[[4, 1]].astype(np.float32))
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        writer = FeatureWriter(path, 4, (8,))
+        writer.write(random_rows(4, (8,)))
+        writer.close()
+        path.write_bytes(path.read_bytes()[:-3])
+    elif how == "float32":
+        np.save(path, random_rows(4, (8,)))
+    elif how == "not npy":
+        path.write_bytes(b"id,label\n1,0.5\n")
+    elif how != "missing":
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "float32", "not npy", "missing"])
+def test_damaged_feature_file_is_one_line_error(tmp_path, how):
+    path = tmp_path / "test.npy"
+    damage(path, how)
+    with pytest.raises(StageError) as error:
+        FeatureFile(path)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message, message
+    assert "dvc repro" in message, message  # and says what to do
+
+
+def test_feature_file_reads_any_rows_in_any_order(tmp_path):
+    # Runs of consecutive rows are read in one call: every pattern gives each row's values.
+    rows = random_rows(20, (3, 2))
+    path = tmp_path / "rows.npy"
+    writer = FeatureWriter(path, len(rows), (3, 2))
+    writer.write(rows)
+    writer.close()
+    features = FeatureFile(path)
+    for order in ([], [5], list(range(20)), [3, 4, 5, 9, 10, 0, 1, 19], [7, 7, 8, 6],
+                  list(range(19, -1, -1)), np.array([[2, 3], [4, 11]])):
+        expected = rows[np.asarray(order, dtype=int).reshape(-1)].astype(np.float16)
+        np.testing.assert_array_equal(features[order], expected.astype(np.float32))
+    with pytest.raises(IndexError, match="row 20 of 20"):
+        features[[18, 19, 20]]
+    with pytest.raises(IndexError, match="row -1 of 20"):
+        features[[-1]]
+
+
+def test_writer_refuses_fewer_rows_than_declared(tmp_path):
+    writer = FeatureWriter(tmp_path / "short.npy", 5, (2,))
+    writer.write(np.ones((3, 2)))
+    with pytest.raises(StageError, match=r"^wrote 3 feature rows of 5$"):
+        writer.close()
+
+
+# --- the stage ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def extractor(extracted_features: Extracted):
+    """The frozen part as the stage builds it, from the project's weights file."""
+    from finetune.core.params import load_params
+    from finetune.model.assembly import build_feature_extractor
+
+    project = extracted_features.project
+    params = load_params(project / "params.yaml")
+    return build_feature_extractor(params, project / "models" / "backbone_notop.h5")
+
+
+def is_png(photo: Path) -> bool:
+    with Image.open(photo) as image:
+        return image.format == "PNG"
+
+
+def assert_rows_of(rows: np.ndarray, photos: list[Path], extractor) -> None:
+    """Row i is the frozen part's output for photos[i] (see the module docstring)."""
+    size = SMALL_NETWORK["image_size"]
+    expected = np.asarray(extractor.predict_on_batch(
+        np.stack([photo_pixels(photo, size) for photo in photos])))
+    assert rows.shape == expected.shape
+    pngs = 0
+    for i, photo in enumerate(photos):
+        if is_png(photo):
+            pngs += 1
+            np.testing.assert_allclose(rows[i], expected[i], rtol=FLOAT16_RTOL,
+                                       atol=FLOAT32_ATOL, err_msg=photo.name)
+        distances = [np.linalg.norm(rows[i] - other) / np.linalg.norm(other)
+                     for other in expected]
+        assert distances[i] < JPEG_DISTANCE and int(np.argmin(distances)) == i, (
+            photo.name, distances)
+    assert pngs >= 2  # the tight check ran
+
+
+def test_training_rows_follow_the_index(extracted_features, extractor):
+    project = extracted_features.project
+    index = read_json_index(project)
+    # Every image of data/train once, class by class, sorted, named relative to data/train.
+    listed = [[f"{name}/{photo.name}", label] for label, name in enumerate(CLASSES)
+              for photo in sorted((project / "data" / "train" / name).iterdir())]
+    assert len(listed) == 2 * EXTRACTED_PER_CLASS
+    assert index["train"] == listed
+    # SMALL_NETWORK's values, and params.yaml's for the keys it leaves alone (precision)
+    written = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **SMALL_NETWORK}
+    assert index["params"] == {key: written[key] for key in FEATURE_PARAMS}
+    assert index["dtype"] == "float16" and index["shape"] == [24, 24, 32]
+    features = FeatureFile(features_dir(project) / "train.npy")
+    assert len(features) == len(listed) and features.shape == (24, 24, 32)
+    photos = [project / "data" / "train" / name for name, _ in listed]
+    assert_rows_of(features[np.arange(len(features))], photos, extractor)
+
+
+def test_test_rows_follow_the_sample(extracted_features, extractor):
+    """One row per id of sample_submission.csv, in its order (shuffled: neither sorted
+    nor the archive's); the corrupt image's row is zeros, and the index says why."""
+    extracted = extracted_features
+    ids, bad = extracted.ids, extracted.corrupt
+    assert ids != sorted(ids, key=int) and ids != sorted(ids, key=int, reverse=True)
+    index = read_json_index(extracted.project)
+    assert index["test_ids"] == ids
+    assert list(index["test_unreadable"]) == [bad]
+    failure = index["test_unreadable"][bad]
+    assert set(failure) == {"file", "reason"} and failure["file"] == f"test/{bad}.jpg"
+    assert failure["reason"].strip() and "\n" not in failure["reason"], failure
+
+    features = FeatureFile(features_dir(extracted.project) / "test.npy")
+    rows = features[np.arange(len(features))]
+    assert len(rows) == len(ids)
+    assert not rows[ids.index(bad)].any()
+    readable = [i for i, image_id in enumerate(ids) if image_id != bad]
+    assert all(rows[i].any() for i in readable)
+    assert_rows_of(rows[readable], [extracted.photos[ids[i]] for i in readable], extractor)
+    # The stage succeeded, and says so with the count of unreadable images.
+    last = extracted.result.stderr.strip().splitlines()[-1]
+    assert last == (f"features: wrote data/features: {2 * EXTRACTED_PER_CLASS} training "
+                    f"images of 2 classes, {len(ids)} test images, 1 unreadable")
+
+
+def test_the_extraction_batch_does_not_change_the_rows(tmp_path, extracted_features, extractor,
+                                                      monkeypatch):
+    # EXTRACT_BATCH is fixed, not `batch_size`, because the batch a forward pass runs in
+    # does not change an image's activations (BatchNormalization is in inference mode).
+    from finetune.features import extract as extraction
+
+    photos = sorted((extracted_features.project / "data" / "train").rglob("*.jpg"))
+    read = [photo.read_bytes() for photo in photos]
+    written = {}
+    for batch in (extraction.EXTRACT_BATCH, 3):
+        monkeypatch.setattr(extraction, "EXTRACT_BATCH", batch)
+        path = tmp_path / f"batch{batch}.npy"
+        assert extraction.extract(extractor, read.__getitem__, len(read), path,
+                                  "features: test") == {}
+        written[batch] = FeatureFile(path)[np.arange(len(read))]
+    first, second = written.values()
+    np.testing.assert_allclose(first, second, rtol=FLOAT16_RTOL, atol=FLOAT32_ATOL)
+
+
+def test_progress_lines(extracted_features):
+    lines = extracted_features.result.stderr.splitlines()
+    for what, count in [("training images", 2 * EXTRACTED_PER_CLASS),
+                        ("test images", len(extracted_features.ids))]:
+        progress = [line for line in lines if line.startswith(f"features: {what}: ")]
+        assert 1 <= len(progress) <= 5, lines
+        assert re.fullmatch(rf"features: {what}: {count}/{count} images "
+                            r"\(100%, [\d,]+ images/s\)", progress[-1]), progress
+    assert "Traceback" not in extracted_features.result.stderr
+
+
+def test_params_it_does_not_read_leave_its_output_unchanged(tmp_path, extracted_features):
+    """Params of train, evaluate and submit (batch_size included: the stage's batch is
+    fixed) do not change a byte of the features, so `dvc exp run -S` on them reuses it."""
+    project = tmp_path / "project"
+    shutil.copytree(extracted_features.project, project,
+                    ignore=shutil.ignore_patterns("features"))
+    assert not features_dir(project).exists()
+    write_params(project, **{**SMALL_NETWORK, "lr": 0.5, "batch_size": 3,
+                             "cut_layer": "conv_pw_5_relu", "dense_units": 7, "head": "flatten",
+                             "dropout": 0.5, "seed": 7, "val_split": 0.3, "epochs": 9,
+                             "clip": 0.1})
+    result = call_stage("features", project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("train.npy", "test.npy", "index.json"):
+        assert (features_dir(project) / name).read_bytes() == (
+            features_dir(extracted_features.project) / name).read_bytes(), name
+    assert sorted(path.name for path in features_dir(project).iterdir()) == [
+        "index.json", "test.npy", "train.npy"]
+
+
+def other_value(key: str) -> object:
+    return {"backbone": "MobileNetV2", "alpha": 0.5, "image_size": 128,
+            "preprocessing": "unit", "unfreeze_after": "conv_pw_2_relu",
+            "precision": "mixed_bfloat16"}[key]
+
+
+def test_read_index_refuses_features_of_other_params(extracted_features):
+    from finetune.core.params import load_params
+
+    project = extracted_features.project
+    params = load_params(project / "params.yaml")
+    path = features_dir(project) / "index.json"
+    assert read_index(params, path)["test_ids"] == extracted_features.ids
+    for key in FEATURE_PARAMS:
+        with pytest.raises(StageError) as error:
+            read_index({**params, key: other_value(key)}, path)
+        message = str(error.value)
+        assert "\n" not in message and f"made with {key}:" in message, message
+
+
+def test_submit_refuses_features_of_another_image_size(tmp_path, extracted_features):
+    project = tmp_path / "project"
+    shutil.copytree(extracted_features.project, project)
+    write_params(project, **{**SMALL_NETWORK, "image_size": 128})
+    line = assert_stage_error(call_stage("submit", project), "image_size", "dvc repro features")
+    assert "96" in line and "128" in line, line
+    assert not (project / "data" / "submission" / "submission.csv").exists()
+
+
+def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_weights):
+    """split_classes keeps only images that decode: one that does not is an error that
+    names it, and nothing of data/features is left (a stale one from before included)."""
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              test_images=2, **SMALL_NETWORK)
+    bad = project / "data" / "train" / "dog" / "dog.1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    stale = features_dir(project)
+    stale.mkdir()
+    (stale / "index.json").write_text("{}")
+    assert_stage_error(call_stage("features", project), "data/train/dog/dog.1.jpg",
+                       "split_classes")
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "raw", "train", "train.json"]
+
+
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
+        tmp_path, sample_dir, mobilenet_random_weights, change):
+    # The stages that read data/train depend on data/train.json, not on the folder: a
+    # folder changed by hand behind DVC's back must not be read as if it were the one
+    # listed there.
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              test_images=2, **SMALL_NETWORK)
+    cat = project / "data" / "train" / "cat"
+    if change == "added":
+        (cat / "cat.99.jpg").write_bytes((cat / "cat.0.jpg").read_bytes())
+    else:
+        (cat / "cat.1.jpg").unlink()
+    expected = "cat/cat.99.jpg" if change == "added" else "cat/cat.1.jpg"
+    assert_stage_error(call_stage("features", project), "data/train does not match "
+                       "data/train.json", expected, "dvc repro -f split_classes")
+
+
+# --- memory ---------------------------------------------------------------------
+
+ROW_SHAPE = (64, 64, 16)  # 128 KiB a row in float16
+MEMORY_ROWS = 1600  # 200 MiB
+READ_BATCH = 32
+
+# Run in a fresh interpreter: its peak resident memory (VmHWM, which counts the pages
+# of a memory-mapped file it touches as well as what it allocates) before and after
+# reading every row of the file in batches, in a shuffled order; then the same after
+# np.load of the whole file, to show that the measure sees a whole-file read.
+MEMORY_PROBE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from finetune.features.store import FeatureFile
+
+
+def peak_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("no VmHWM")
+
+
+path = Path(sys.argv[1])
+features = FeatureFile(path)
+order = np.random.default_rng(0).permutation(len(features))
+before = peak_mib()
+for start in range(0, len(order), {batch}):
+    rows = order[start:start + {batch}]
+    batch = features[rows]
+    assert (batch == (rows / 8)[:, None, None, None]).all(), rows  # the rows read are right
+after = peak_mib()
+whole = np.load(path)
+assert whole.shape == (len(features), *features.shape)
+print(after - before, peak_mib() - after)
+"""
+
+
+def test_feature_file_reads_rows_without_loading_the_file(tmp_path):
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("measures memory with Linux's /proc/self/status")
+    path = tmp_path / "large.npy"
+    writer = FeatureWriter(path, MEMORY_ROWS, ROW_SHAPE)
+    for start in range(0, MEMORY_ROWS, 16):
+        values = np.arange(start, start + 16, dtype=np.float32) / 8  # exact in float16
+        writer.write(np.broadcast_to(values[:, None, None, None], (16, *ROW_SHAPE)))
+    writer.close()
+    assert path.stat().st_size > 200 * 2 ** 20
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE.format(batch=READ_BATCH), str(path)],
+            env={**stage_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+            timeout=120)
+    finally:
+        path.unlink()
+    assert result.returncode == 0, result.stderr
+    reading, loading = map(float, result.stdout.split())
+    assert loading > 150, (reading, loading)  # the measure sees a whole-file read
+    assert reading < 50, (reading, loading)  # reading by rows did not: < 50 MiB of 200

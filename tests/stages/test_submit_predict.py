@@ -1,0 +1,325 @@
+"""stages/submit.py and stages/predict.py run as commands on a small model.
+
+One MobileNet (alpha 0.25, 96 px) with random weights whose BatchNormalization is
+calibrated on the drawn photos (conftest's `mobilenet_random_weights`), cut at
+`conv_pw_3_relu`, is built and saved once per module. submit reads the features
+stage's output: conftest's `extracted_features` runs that stage once (same weights
+file, same params) on a test.zip of the 20 drawn test photos, a grayscale PNG and a
+corrupt JPEG, listed shuffled in sample_submission.csv; each submit test runs in a
+copy of that project with models/model.keras added. The id/image mismatches are
+found by the features stage (stages/test_set.py), so those tests run it.
+
+The expected predictions come from the whole saved model applied to pixels decoded
+with Pillow (conftest's `photo_pixels`), not from the project's own decoder
+(`stages.images.decode_image`) nor from the cached features, so that neither a
+decoding bug nor a features/model mismatch can hide by being on both sides of the
+comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.support.commands import assert_stage_error, call_stage
+from tests.support.photos import gray_png, photo_pixels
+from tests.support.projects import SMALL_NETWORK, Extracted, write_params
+from tests.support.shared import ROOT
+
+CLASSES = ["cat", "dog"]  # the model's classes, as split_classes names them
+
+SIZE = SMALL_NETWORK["image_size"]
+IMAGES = 20
+SMALL = SMALL_NETWORK
+# How far a JPEG's prediction may be from the one on Pillow's pixels. JPEG decoders
+# may differ: TensorFlow uses libjpeg's fast integer IDCT, Pillow its accurate one, up
+# to 4 levels on a pixel (0.5 to 1 on average on these photos), which moves this
+# model's P(dog) by up to 0.04 (measured). A PNG is lossless: every correct decoder
+# gives the same pixels, and its prediction must match to float precision, which
+# catches what the JPEG tolerance could hide (channels swapped, grayscale expanded
+# wrongly, resized values truncated instead of rounded).
+JPEG_TOLERANCE = 0.1
+PNG_TOLERANCE = 1e-5  # float32 arithmetic, in another order
+
+
+def is_png(photo: Path) -> bool:
+    with Image.open(photo) as image:
+        return image.format == "PNG"
+
+
+def kinds(photos: list[Path]) -> set[tuple[str, str]]:
+    """(format, mode) of each photo: ("JPEG", "RGB"), ("PNG", "L")..."""
+    found = set()
+    for photo in photos:
+        with Image.open(photo) as image:
+            found.add((image.format, image.mode))
+    return found
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path,
+               mobilenet_random_weights: Path) -> Path:
+    """The small model, saved. Its head is set so that its logits have mean 0 and
+    standard deviation 2 over the test photos: predictions fall on both sides of 0.5
+    and some beyond 0.4 and 0.6, so mix-ups and clipping show."""
+    import numpy as np
+
+    from finetune.core.params import load_params
+    from finetune.model.assembly import build_model
+
+    params = {**load_params(ROOT / "params.yaml"), **SMALL}
+    model = build_model(params, mobilenet_random_weights, fine_tune=True, classes=CLASSES)
+    x = np.stack([photo_pixels(sample_dir / "test" / f"{n}.jpg", SIZE)
+                  for n in range(1, IMAGES + 1)])
+    base = model.get_layer("frozen_base")(model.get_layer("preprocessing")(x))
+    features = np.asarray(base).mean(axis=(1, 2))  # the head's global average pooling
+    output = model.get_layer("head").layers[-1]
+    kernel, _ = output.get_weights()
+    logits = features @ kernel
+    scale = 2 / logits.std()
+    output.set_weights([kernel * scale, -logits.mean(axis=0) * scale])
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(sample_dir: Path) -> list[Path]:
+    """The drawn test photos: colour and grayscale JPEGs, and PNGs named .jpg."""
+    return [sample_dir / "test" / f"{n}.jpg" for n in range(1, IMAGES + 1)]
+
+
+@pytest.fixture(scope="module", name="gray_png")
+def gray_png_file(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A grayscale PNG named .jpg (the drawn test photos have grayscale JPEGs only)."""
+    return gray_png(photos[0], tmp_path_factory.mktemp("gray") / f"{IMAGES + 1}.jpg")
+
+
+# --- submit -----------------------------------------------------------------
+
+def submit_project(root: Path, extracted: Extracted, model_file: Path, **params: object) -> Path:
+    """A copy of the extracted project (test.zip, sample, data/features) with the
+    model in models/model.keras and params.yaml's SMALL plus `params`."""
+    shutil.copytree(extracted.project, root)
+    shutil.copy(model_file, root / "models" / "model.keras")
+    write_params(root, **{**SMALL, **params})
+    return root
+
+
+def write_sample(project: Path, ids: list[str]) -> None:
+    with (project / "data" / "raw" / "sample_submission.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["id", "label"])
+        writer.writerows([image_id, 0.5] for image_id in ids)
+
+
+def read_submission(project: Path) -> list[tuple[str, float]]:
+    """The submission's rows, checked against the sample: header, ids, order, count."""
+    with (project / "data" / "raw" / "sample_submission.csv").open(newline="") as stream:
+        sample_ids = [row[0] for row in list(csv.reader(stream))[1:]]
+    with (project / "data" / "submission" / "submission.csv").open(newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0] == ["id", "label"]
+    assert [row[0] for row in rows[1:]] == sample_ids  # every id once, in the sample's order
+    assert all(len(row) == 2 for row in rows[1:])
+    return [(image_id, float(label)) for image_id, label in rows[1:]]
+
+
+@pytest.fixture(scope="module")
+def unclipped(tmp_path_factory: pytest.TempPathFactory, extracted_features: Extracted,
+              model_file: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """submit with clip 0, run once for the tests that read its rows and its warnings."""
+    project = submit_project(tmp_path_factory.mktemp("unclipped") / "project",
+                             extracted_features, model_file, clip=0.0)
+    result = call_stage("submit", project)
+    assert result.returncode == 0, result.stderr
+    return project, result
+
+
+def test_submission_follows_sample_and_clips(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file, clip=0.4)
+    # The sample's order is neither the archive's nor sorted: read_submission's check bites.
+    ids = extracted_features.ids
+    assert ids != sorted(ids, key=int) and ids != sorted(ids, key=int, reverse=True)
+    result = call_stage("submit", project)
+    assert result.returncode == 0, result.stderr
+    rows = read_submission(project)
+    assert len(rows) == len(ids)
+    labels = [label for _, label in rows]
+    assert all(0.4 <= label <= 0.6 for label in labels)
+    # The model's spread-out outputs hit both bounds: clipping happened.
+    assert 0.4 in labels and 0.6 in labels, labels
+    assert "Traceback" not in result.stderr
+    count = len(ids)
+    progress = [line for line in result.stderr.splitlines() if f"/{count} images" in line]
+    assert 1 <= len(progress) <= 11 and f"{count}/{count} images (100%" in progress[-1]
+
+
+def float16_bound(model, pixels):
+    """How far each image's P(dog) may move when frozen_base's activations are cached
+    as float16 (round to nearest, 11-bit significand: each activation moves by at most
+    2^-11 of itself). This model's head is a Dense layer on their spatial mean, so its
+    logit moves by at most 2^-11 * |kernel| . mean(|activations|), and the sigmoid,
+    whose slope is at most 1/4, by a quarter of that: 2e-3 to 3.5e-3 on these photos
+    (the PNGs' measured differences are below 1.5e-4: the roundings mostly cancel)."""
+    import numpy as np
+
+    activations = model.get_layer("frozen_base")(model.get_layer("preprocessing")(pixels))
+    means = np.abs(np.asarray(activations)).mean(axis=(1, 2))
+    kernel, _ = model.get_layer("head").layers[-1].get_weights()
+    assert [type(layer).__name__ for layer in model.get_layer("head").layers] == [
+        "GlobalAveragePooling2D", "Dropout", "Dense"]  # what the bound assumes
+    return 0.25 * 2.0 ** -11 * (means @ np.abs(kernel)).ravel()
+
+
+def assert_predictions_match(predicted: dict[str, float], photos: list[Path],
+                             model_file: Path, features: bool = False) -> None:
+    """`predicted` (by id) is the model's P(dog) on Pillow's pixels of each photo; with
+    `features`, from activations cached as float16, which PNG's tolerance allows for."""
+    import numpy as np
+
+    from finetune.model.saved import load_model
+
+    # Every kind of image a decoding bug could hide in: colour and grayscale, lossy
+    # and lossless (where the comparison is tight).
+    assert kinds(photos) >= {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
+    model = load_model(model_file)
+    pixels = np.stack([photo_pixels(photo, SIZE) for photo in photos])
+    expected = model.predict(pixels, verbose=0).ravel()
+    rounding = float16_bound(model, pixels) if features else np.zeros(len(photos))
+    for photo, probability, bound in zip(photos, expected, rounding, strict=True):
+        allowed = PNG_TOLERANCE + float(bound) if is_png(photo) else JPEG_TOLERANCE
+        assert predicted[photo.stem] == pytest.approx(probability, abs=allowed), (
+            f"{photo.name}: {kinds([photo])}")
+
+
+def test_submission_unclipped_matches_model(unclipped, extracted_features, model_file):
+    """With clip 0, each readable id's row is the model's own prediction for its image:
+    the features stage's cached activations plus the model's layers above them give
+    what the whole model gives on the photo's pixels."""
+    project, _ = unclipped
+    readable = [photo for image_id, photo in extracted_features.photos.items()
+                if image_id != extracted_features.corrupt]
+    assert_predictions_match(dict(read_submission(project)), readable, model_file,
+                             features=True)
+
+
+def test_corrupt_test_image_gets_half(unclipped, extracted_features):
+    project, result = unclipped
+    bad = extracted_features.corrupt
+    rows = dict(read_submission(project))
+    assert len(rows) == len(extracted_features.ids)
+    assert rows[bad] == 0.5
+    assert sum(label == 0.5 for label in rows.values()) == 1
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"test/{bad}.jpg" in warnings[0], result.stderr
+    assert "1 unreadable" in result.stderr
+
+
+def assert_features_refused(project: Path, *hints: str) -> None:
+    """The features stage fails with one line holding `hints` and leaves nothing of
+    data/features (the copy's stale one included), so submit refuses to run."""
+    assert (project / "data" / "features" / "index.json").is_file()  # stale, from the copy
+    assert_stage_error(call_stage("features", project), *hints)
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "raw", "train", "train.json"]
+    assert_stage_error(call_stage("submit", project), "data/features/index.json not found")
+    assert not (project / "data" / "submission" / "submission.csv").exists()
+
+
+def test_sample_id_without_image_fails(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    write_sample(project, [*extracted_features.ids, "999999"])
+    assert_features_refused(project, "999999", "sample_submission.csv")
+
+
+def test_image_without_sample_id_fails(tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    left_out, *ids = extracted_features.ids
+    write_sample(project, ids)
+    assert_features_refused(project, f"test/{left_out}.jpg", "test.zip")
+
+
+# --- predict ----------------------------------------------------------------
+
+def parse_predictions(stdout: str) -> dict[str, tuple[str, str]]:
+    lines = [line.split("\t") for line in stdout.splitlines()]
+    assert all(len(fields) == 3 for fields in lines), stdout
+    return {path: (label, value) for path, label, value in lines}
+
+
+def parse_all_probabilities(stdout: str) -> dict[str, dict[str, float]]:
+    """`--all` lines: PATH, class, its probability, then NAME=P for every class; checked
+    for consistency (the named class is the most probable; its P is repeated)."""
+    parsed = {}
+    for line in stdout.splitlines():
+        path, label, value, *fields = line.split("\t")
+        every = {name: float(p) for name, _, p in (field.partition("=") for field in fields)}
+        assert list(every) == CLASSES, line
+        assert label == max(every, key=every.__getitem__) and every[label] == float(value), line
+        assert sum(every.values()) == pytest.approx(1, abs=2e-6), line
+        parsed[path] = every
+    return parsed
+
+
+def test_predict_mixed_files(tmp_path, model_file, photos):
+    folder = tmp_path / "folder"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(photos[0], folder / "b.jpg")
+    shutil.copy(photos[1], folder / "nested" / "a.JPG")  # extension of any case
+    (folder / "notes.txt").write_text("not an image, not walked")
+    (folder / "truncated.jpg").write_bytes(photos[2].read_bytes()[:500])
+    text = tmp_path / "x.jpg"
+    text.write_text("just text")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    good = tmp_path / "good.jpg"
+    shutil.copy(photos[3], good)
+    result = call_stage("predict", tmp_path, "--model", str(model_file),
+                        "--batch-size", "2", "good.jpg", "x.jpg", "folder", "empty.png")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    printed = parse_predictions(result.stdout)
+    # Arguments in order, folders walked sorted; the bad files each on their own line.
+    assert list(printed) == ["good.jpg", "x.jpg", "folder/b.jpg", "folder/nested/a.JPG",
+                             "folder/truncated.jpg", "empty.png"]
+    for path in ("good.jpg", "folder/b.jpg", "folder/nested/a.JPG"):
+        label, value = printed[path]  # the more probable class, and its probability
+        assert label in CLASSES and 0.5 <= float(value) <= 1
+    for path in ("x.jpg", "folder/truncated.jpg", "empty.png"):
+        assert printed[path][0] == "error" and printed[path][1]
+    assert printed["empty.png"][1] == "empty file"
+    assert "3 of 6" in result.stderr
+
+
+def test_predict_matches_model_and_exits_zero(tmp_path, model_file, photos, gray_png):
+    chosen = [*photos[:7], gray_png]
+    result = call_stage("predict", ROOT, "--model", str(model_file), "--all",
+                        *(str(photo) for photo in chosen))
+    assert result.returncode == 0, result.stderr
+    printed = parse_all_probabilities(result.stdout)
+    assert list(printed) == [str(photo) for photo in chosen]
+    predicted = {Path(path).stem: every["dog"] for path, every in printed.items()}
+    assert_predictions_match(predicted, chosen, model_file)
+    # Both classes are said: the photos are not all given one.
+    assert {max(every, key=every.__getitem__) for every in printed.values()} == set(CLASSES)
+
+
+def test_predict_usage_errors(tmp_path):
+    no_args = call_stage("predict", tmp_path)
+    assert no_args.returncode == 2 and "Traceback" not in no_args.stderr
+    missing = call_stage("predict", tmp_path, "nowhere.jpg")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: nowhere.jpg: no such file or folder"
+    (tmp_path / "empty").mkdir()
+    assert call_stage("predict", tmp_path, "empty").returncode == 2
+    (tmp_path / "a.jpg").touch()
+    no_model = call_stage("predict", tmp_path, "a.jpg")
+    assert no_model.returncode == 2
+    assert no_model.stderr.strip().splitlines() == [
+        "error: models/model.keras not found: run `dvc repro train`, or pass --model"]

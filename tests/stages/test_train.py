@@ -1,0 +1,232 @@
+"""The train stage on a small run: determinism, resuming, best-epoch selection, early failures.
+
+MobileNet (alpha 0.25) with random weights whose BatchNormalization is calibrated on
+the drawn photos (conftest's `mobilenet_random_weights`), cut at `conv_pw_3_relu`,
+where such features still tell the drawn classes apart: the model learns, so its
+metrics move from epoch to epoch and equal metrics mean something.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.commands import (
+    assert_stage_error,
+    call_stage,
+    stage_command,
+    stage_env,
+)
+from tests.support.projects import extract_features, lay_out_project
+from tests.support.shared import ROOT
+
+PER_CLASS = 30  # 24 training and 6 validation photos per class
+SMALL = {
+    "backbone": "MobileNet", "alpha": 0.25, "image_size": 96, "batch_size": 16,
+    "cut_layer": "conv_pw_3_relu", "unfreeze_after": "conv_pw_2_relu", "head": "gap",
+    "dense_units": 16, "epochs": 2, "lr": 1e-2, "head_epochs": 1, "head_lr": 1e-2,
+    "augment_flip": True, "augment_rotation": 0.05,
+}
+VAL_LOSS_LOG = "metrics/train/plots/metrics/eval/loss.tsv"
+VAL_ACCURACY_LOG = "metrics/train/plots/metrics/eval/accuracy.tsv"
+
+
+@pytest.fixture(scope="module")
+def weights_file(mobilenet_random_weights) -> Path:
+    return mobilenet_random_weights
+
+
+def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    items: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def logged(project: Path, log: str) -> list[float]:
+    """One value per epoch, as dvclive logged it."""
+    return [float(row.split("\t")[-1]) for row in (project / log).read_text().splitlines()[1:]]
+
+
+# Without augmentation train reads the features stage's cached activations; with it,
+# it decodes the photos and trains on pixels. Claims about training hold for both.
+INPUTS = {"pixels": {}, "features": {"augment_flip": False, "augment_rotation": 0.0}}
+
+
+def make_project(root: Path, sample_dir: Path, weights_file: Path, **overrides) -> Path:
+    """A project dir as the stages before train leave it: PER_CLASS photos per class,
+    and data/features (extracted with these params)."""
+    lay_out_project(root, sample_dir, weights_file, PER_CLASS, **{**SMALL, **overrides})
+    extract_features(root)
+    return root
+
+
+def train(project: Path) -> subprocess.CompletedProcess:
+    return call_stage("train", project)
+
+
+@pytest.mark.parametrize("inputs", list(INPUTS))
+def test_same_params_give_the_same_metrics(tmp_path, sample_dir, weights_file, inputs):
+    runs = []
+    for name in ("first", "second"):
+        project = make_project(tmp_path / name, sample_dir, weights_file, **INPUTS[inputs])
+        result = train(project)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("training on pixels" in result.stderr) == (inputs == "pixels")
+        runs.append(json.loads((project / "metrics/train/metrics.json").read_text()))
+        assert (project / "models/model.keras").is_file()
+        assert not (project / "models/.train-backup").exists()
+    assert runs[0] == runs[1]
+    # Head epoch + 2 fine-tuning epochs, one continuous step count in dvclive.
+    losses = logged(tmp_path / "first", VAL_LOSS_LOG)
+    assert len(losses) == 3
+    # Not equal by being constant: the model learned (validation loss moved every
+    # epoch, and the last epoch classifies most validation photos right).
+    assert len(set(losses)) == 3, losses
+    assert logged(tmp_path / "first", VAL_ACCURACY_LOG)[-1] >= 0.75
+
+
+@pytest.mark.parametrize("inputs", list(INPUTS))
+def test_training_killed_mid_way_resumes_and_ends_as_an_uninterrupted_run(
+        tmp_path, sample_dir, weights_file, inputs):
+    overrides = {"epochs": 4, **INPUTS[inputs]}
+    reference = make_project(tmp_path / "uninterrupted", sample_dir, weights_file, **overrides)
+    assert train(reference).returncode == 0
+    expected_losses = logged(reference, VAL_LOSS_LOG)
+    assert len(set(expected_losses)) == 5, expected_losses  # epochs differ: a real check
+
+    project = make_project(tmp_path / "killed", sample_dir, weights_file, **overrides)
+    log = project / VAL_LOSS_LOG
+    process = subprocess.Popen(stage_command("train"), cwd=project,
+                               env=stage_env(PYTHONPATH=str(ROOT)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # Kill (SIGKILL: no clean-up) once two of the five epochs are logged: mid fine-tuning.
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (project / "models/model.keras").exists()
+
+    resumed = train(project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted run" in resumed.stderr
+    expected = json.loads((reference / "metrics/train/metrics.json").read_text())
+    got = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert flat(got) == pytest.approx(flat(expected), rel=1e-5, abs=1e-6)
+    assert logged(project, VAL_LOSS_LOG) == pytest.approx(expected_losses, rel=1e-5, abs=1e-6)
+    steps = [row.split("\t")[0] for row in log.read_text().splitlines()[1:]]
+    assert steps == ["0", "1", "2", "3", "4"]  # each epoch once, redone ones too
+
+
+def test_a_backup_from_other_params_is_not_resumed(tmp_path, sample_dir, weights_file):
+    project = make_project(tmp_path, sample_dir, weights_file)
+    stale = project / "models/.train-backup"
+    stale.mkdir()
+    (stale / "run-id").write_text("a run with other params")
+    result = train(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" not in result.stderr
+    assert not stale.exists()
+
+
+def validation_loss(project: Path) -> float:
+    """The saved model's loss on the validation split, computed here from the model file."""
+    import keras
+    import numpy as np
+    import yaml
+
+    from finetune.dataset.decode import load_images
+    from finetune.dataset.split import labels_of, split_files
+    from finetune.model.saved import load_model
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    _, validation = split_files(project / "data/train", params["val_split"], params["seed"])
+    images = load_images([path for path, _ in validation], params["image_size"], "validation")
+    model = load_model(project / "models/model.keras")
+    predictions = model.predict(images.astype(np.float32), verbose=0)
+    return float(np.mean(keras.losses.binary_crossentropy(labels_of(validation), predictions)))
+
+
+def test_kept_epoch_is_the_best_by_validation_loss(tmp_path, sample_dir, weights_file):
+    # Two head epochs that learn, then one fine-tuning epoch at a learning rate that
+    # wrecks the model: the best epoch (2) is not the last (3), by far.
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=2, head_lr=1e-2,
+                           epochs=1, lr=0.3)
+    result = train(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((project / "metrics/train/metrics.json").read_text())
+    losses = logged(project, VAL_LOSS_LOG)
+    assert len(losses) == 3
+    best = 1 + losses.index(min(losses))
+    assert best != len(losses) and losses[-1] > 2 * losses[best - 1], losses  # precondition
+    assert metrics["best_epoch"] == best
+    assert metrics["kept_epoch"] == best
+    # The model file holds the kept epoch's weights, not the last epoch's.
+    saved = validation_loss(project)
+    assert saved == pytest.approx(losses[best - 1], abs=1e-4), losses
+    assert saved != pytest.approx(losses[-1], abs=1e-2)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"backbone": "ResNet5O"}, "backbone: unknown keras.applications model 'ResNet5O'"),
+    ({"cut_layer": "conv_pw_14_relu"}, "cut_layer: "),
+    ({"lr": 0}, "'lr' must be > 0"),
+])
+def test_bad_params_fail_before_reading_images(tmp_path, sample_dir, weights_file, overrides,
+                                               message):
+    project = lay_out_project(tmp_path, sample_dir, weights_file, PER_CLASS,
+                              **{**SMALL, **overrides})
+    shutil.rmtree(project / "data")  # would fail differently if the images were read first
+    assert_stage_error(train(project), message)
+    assert not (project / "models/model.keras").exists()
+
+
+def test_features_and_pixels_train_the_same_model(tmp_path, sample_dir, weights_file,
+                                                  monkeypatch):
+    """One configuration trained on the cached float16 activations and on decoded pixels
+    (frozen part run in float32 every step) ends with the same model, up to the rounding
+    of the activations: float16 keeps 11 significant bits, a relative error of at most
+    2^-11 (5e-4) per activation. Through 2 epochs of training that moves predictions by
+    ~1e-4 here; 1e-2 leaves room and still fails on any real difference (other batches,
+    other split, other weights: those move them by 0.1 or more)."""
+    import numpy as np
+
+    import stages.train as train_stage
+    from finetune.core.params import load_params
+    from finetune.dataset.split import split_files
+    from finetune.model.saved import load_model
+    from finetune.training.determinism import set_determinism
+    from tests.support.photos import photo_pixels
+
+    models = {}
+    for inputs, load in (("features", train_stage.feature_data),
+                         ("pixels", train_stage.pixel_data)):
+        project = make_project(tmp_path / inputs, sample_dir, weights_file, **INPUTS["features"])
+        monkeypatch.chdir(project)
+        params = load_params()
+        set_determinism(params["seed"])
+        train_stage.train(params, load(params))
+        models[inputs] = load_model(project / "models/model.keras")
+        losses = logged(project, VAL_LOSS_LOG)
+        assert len(set(losses)) == len(losses), losses  # it learned: a real comparison
+    _, validation = split_files(tmp_path / "pixels/data/train", params["val_split"],
+                                params["seed"])
+    photos = np.stack([photo_pixels(Path(path), params["image_size"]) for path, _ in validation])
+    predictions = {inputs: model.predict(photos, verbose=0).ravel()
+                   for inputs, model in models.items()}
+    assert np.ptp(predictions["pixels"]) > 0.2  # predictions differ from photo to photo
+    difference = np.abs(predictions["features"] - predictions["pixels"]).max()
+    print(f"largest difference in P(dog), features vs pixels: {difference:.2e}")
+    assert difference < 1e-2

@@ -1,0 +1,118 @@
+"""finetune.model.backbone: any keras.applications backbone by name, checked names (the
+closest valid ones offered), exact weight loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from finetune.core.errors import StageError
+from finetune.model.assembly import build_model
+from finetune.model.backbone import build_backbone
+from tests.support.networks import CLASSES, SIZE, mobilenet_params
+from tests.support.weights import write_legacy_weights
+
+
+def file_tensors(path: Path) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its weight arrays, read straight from a legacy Keras HDF5 file."""
+    tensors = {}
+    with h5py.File(path, "r") as file:
+        for layer in file.attrs["layer_names"]:
+            name = layer.decode() if isinstance(layer, bytes) else layer
+            group = file[name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            if names:
+                tensors[name] = [np.asarray(group[n]) for n in names]
+    return tensors
+
+
+def test_backbone_names_are_case_and_underscore_insensitive():
+    assert build_backbone(mobilenet_params(backbone="MobileNet")).name.startswith("mobilenet")
+    assert build_backbone(mobilenet_params(backbone="inception_v3", image_size=75,
+                                           alpha=1.0)).name == "inception_v3"
+
+
+# The names each message offers, best first, as difflib ranks them (n=5, cutoff 0.5).
+MOBILENET_FIRST_LAYERS = r"input_layer(_\d+)?, conv1, conv1_bn, conv1_relu, conv_dw_1, \.\.\."
+
+
+@pytest.mark.parametrize(("overrides", "key", "closest"), [
+    ({"backbone": "mobilnet"}, "backbone", "MobileNet, MobileNetV2, "),
+    ({"backbone": "inceptionv4"}, "backbone", "InceptionV3, "),
+    ({"cut_layer": "conv_pw_13_rel"}, "cut_layer",
+     "conv_pw_13_relu, conv_pw_3_relu, conv_pw_1_relu, conv_pw_12_relu, conv_pw_11_relu"),
+    ({"unfreeze_after": "conv_pw_11_rleu"}, "unfreeze_after",
+     "conv_pw_11_relu, conv_pw_1_relu, conv_pw_13_relu, conv_pw_12_relu, conv_pw_10_relu"),
+    # An InceptionV3 name resembles no MobileNet layer: the message lists the first ones.
+    ({"unfreeze_after": "mixed6"}, "unfreeze_after", MOBILENET_FIRST_LAYERS),
+], ids=["backbone-typo", "backbone-version", "cut-typo", "unfreeze-swap", "unfreeze-none-close"])
+def test_unknown_names_fail_with_the_closest_valid_ones(random_mobilenet_file, overrides, key,
+                                                       closest):
+    with pytest.raises(StageError) as error:
+        build_model(mobilenet_params(**overrides), random_mobilenet_file, fine_tune=True,
+                    classes=CLASSES)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{key}: "), message
+    offered = message.partition("; closest: ")[2]
+    if closest is MOBILENET_FIRST_LAYERS:
+        assert re.fullmatch(closest, offered), message
+    elif key == "backbone":  # keras.applications grows: only the best matches are pinned
+        assert offered.startswith(closest), message
+    else:
+        assert offered == closest, message
+
+
+def test_unfreeze_after_above_cut_layer_is_refused(random_mobilenet_file):
+    params = mobilenet_params(cut_layer="conv_pw_11_relu", unfreeze_after="conv_pw_13_relu")
+    with pytest.raises(StageError, match=r"^unfreeze_after: .* must be at or below it"):
+        build_model(params, random_mobilenet_file, fine_tune=True, classes=CLASSES)
+
+
+def test_image_size_below_the_backbone_minimum_is_refused():
+    with pytest.raises(StageError, match=r"^image_size"):
+        build_backbone(mobilenet_params(backbone="InceptionV3", alpha=1.0, image_size=60))
+
+
+def test_loaded_tensors_equal_those_in_the_file(random_mobilenet_file):
+    model = build_model(mobilenet_params(), random_mobilenet_file, fine_tune=True,
+                        classes=CLASSES)
+    expected = file_tensors(random_mobilenet_file)
+    loaded = {}
+    for part in ("frozen_base", "trainable_base"):
+        for layer in model.get_layer(part).layers:
+            if layer.weights:
+                loaded[layer.name] = [np.asarray(w) for w in layer.weights]
+    # Every layer up to the cut is in the model, with exactly the file's values.
+    assert loaded, "no backbone weights in the model"
+    for name, arrays in loaded.items():
+        assert name in expected, name
+        assert len(arrays) == len(expected[name])
+        for got, want in zip(arrays, expected[name], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("wrong", ["other_alpha", "other_backbone", "truncated", "not_hdf5"])
+def test_weights_that_do_not_fit_fail_with_one_line(random_mobilenet_file, tmp_path, wrong):
+    path = tmp_path / "wrong.h5"
+    if wrong == "other_alpha":
+        write_legacy_weights(keras.applications.MobileNet(
+            input_shape=(SIZE, SIZE, 3), alpha=0.5, include_top=False, weights=None), path)
+    elif wrong == "other_backbone":
+        write_legacy_weights(keras.applications.MobileNetV2(
+            input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None), path)
+    elif wrong == "truncated":
+        path.write_bytes(random_mobilenet_file.read_bytes()[:100_000])
+    else:
+        path.write_text("<html>Not Found</html>")
+    with pytest.raises(StageError) as error:
+        build_model(mobilenet_params(), path, fine_tune=True, classes=CLASSES)
+    message = str(error.value)
+    assert "does not fit" in message and "\n" not in message
+    if wrong == "other_alpha":
+        assert "mismatch" in message.lower()
