@@ -90,13 +90,14 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Every experiment's changed params and headline metrics, within 120 columns: run it in a
-# DVC project (this one, or build/demo after `make demo`). Module and data deps, the
-# training curves' last values and the per-class scores are left out; `dvc exp show`
-# shows everything.
-EXPS_DROP := ^(Created|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*/(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
+# Every experiment's changed params and headline metrics, within 120 columns, of the DVC
+# project in DIR (this one by default; e.g. `make exps DIR=build/demo` after `make demo`).
+# Module and data deps, the training curves' last values and the per-class scores are left
+# out; `dvc exp show` shows everything.
+DIR ?= .
+EXPS_DROP := ^(Created|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*\.(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
 exps:
-	@$(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4
+	@cd '$(DIR)' && $(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4
 
 # The naive reference recipe against the pipeline, timed side by side on the same synthetic
 # photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.

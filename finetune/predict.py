@@ -1,30 +1,12 @@
-"""Name the class of image files: `predict [--model FILE] [--all] PATH...` (installed by
-`pip install -e .`), or `python -m finetune.predict ...`.
+"""Name the class of image files: `predict [--model FILE] [--all] PATH...` (the command
+`pip install -e .` installs), or `python -m finetune.predict ...`.
 
-Run from the project root. Each PATH is an image file, or a folder searched
-recursively for .jpg .jpeg .png .gif .bmp files (any case), in sorted order. The
-model is models/model.keras unless --model names another; images are resized to
-the size the model takes (its input shape: what it was trained with), so
-params.yaml is not read.
-
-Output: one line per file on stdout, in the order given, tab-separated:
-
-    PATH<TAB>dog<TAB>0.973112     the most probable class, then its probability
-    PATH<TAB>error<TAB>REASON     a file that could not be read or decoded as an image
-
-The class names are the model's own (saved in it by train: the data set's class
-folders, sorted). With --all, a predicted line goes on with every class's
-probability, in the model's class order, as NAME=P fields:
-
-    PATH<TAB>dog<TAB>0.973112<TAB>cat=0.026888<TAB>dog=0.973112
-
-Probabilities have 6 decimals. Failures go to stdout as well, so every file gets
-exactly one line, in order, and the output stays easy to parse (`cut -f2`); a
-count of the failures also goes to stderr.
-
-Exit status: 0 every file predicted; 1 some files failed (the others are still
-predicted); 2 nothing could be done: no PATH, a PATH that does not exist, no
-images found, or the model missing or unloadable (one line on stderr).
+One line per file on stdout, in the order given: `PATH<TAB>class<TAB>probability`, or
+`PATH<TAB>error<TAB>reason` (every file gets one line, so the output stays easy to parse);
+`--all` adds every class's probability as NAME=P fields. The model carries its image size
+and class names, so params.yaml is not read. Exit status 0: all predicted; 1: some
+failed; 2: nothing done (one line on stderr). See docs/pipeline.md, "Predicting new
+images".
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from finetune.core.atomic import remove
 from finetune.core.params import load_params
 from finetune.core.paths import DATA_REPORT, TRAIN_DIR, TRAIN_MANIFEST, TRAIN_ZIP
 from finetune.core.runner import run_main
-from finetune.dataset.archive import check_expansion, open_archive, safe_members
+from finetune.dataset.archive import check_expansion, open_train_archive, safe_members
 from finetune.dataset.classes import classify
 from finetune.dataset.manifest import write_manifest, write_report
-from finetune.dataset.unpack import check_images
+from finetune.dataset.unpack import unpack_images
 
 
 def main() -> None:
@@ -27,11 +27,11 @@ def main() -> None:
     # previous archive's images for a later train to pick up. (DVC removes them too.)
     for output in (TRAIN_DIR, TRAIN_MANIFEST, DATA_REPORT):
         remove(output)
-    with open_archive() as archive:
+    with open_train_archive() as archive:
         members = safe_members(archive)
         check_expansion(members, TRAIN_ZIP.stat().st_size)
         images, unlabelled = classify(members)  # in a second, before any decoding
-        readable, counts, unreadable = check_images(archive, images,
+        readable, counts, unreadable = unpack_images(archive, images,
                                                     params["max_unreadable_fraction"])
     write_manifest(readable)
     write_report(counts, unlabelled, unreadable)

@@ -55,7 +55,7 @@ def check_expansion(members: list[zipfile.ZipInfo], archive_size: int) -> None:
                          f"{MAX_EXPANSION}x its size: not an archive of photos; {REFETCH}")
 
 
-def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     """An entry's bytes; a damaged entry means a damaged archive, refused as a whole."""
     try:
         return archive.read(info)
@@ -64,7 +64,7 @@ def read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
                          f"{REFETCH}") from None
 
 
-def open_archive() -> zipfile.ZipFile:
+def open_train_archive() -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(TRAIN_ZIP)
     except FileNotFoundError:

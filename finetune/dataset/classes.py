@@ -25,7 +25,7 @@ CLASS_IN_NAME = re.compile(r"^([^.]+)\.[^/]*\.[^./]+$")
 
 
 @dataclass(frozen=True)
-class Image:
+class LabelledEntry:
     """An image entry of the archive, and where it goes: data/train/<label>/<name>."""
 
     info: zipfile.ZipInfo
@@ -56,7 +56,7 @@ def check_class_names(labels: set[str]) -> None:
                          "more (one folder of images per class)")
 
 
-def classify(members: list[zipfile.ZipInfo]) -> tuple[list[Image], int]:
+def classify(members: list[zipfile.ZipInfo]) -> tuple[list[LabelledEntry], int]:
     """The archive's images with their classes, and how many images have none (see the
     module docstring for the two layouts)."""
     entries = [(info, entry_name(info)) for info in members]
@@ -68,12 +68,12 @@ def classify(members: list[zipfile.ZipInfo]) -> tuple[list[Image], int]:
     while len({path.parts[depth] for _, path in entries}) == 1 and all(
             len(path.parts) > depth + 1 for _, path in entries):
         depth += 1
-    images: list[Image] = []
+    images: list[LabelledEntry] = []
     if all(len(path.parts) == depth + 1 for _, path in entries):
         for info, path in entries:  # one folder: the class is in the file name
             match = CLASS_IN_NAME.match(path.name)
             if match:
-                images.append(Image(info, match.group(1).lower(), path.name))
+                images.append(LabelledEntry(info, match.group(1).lower(), path.name))
         if not images:
             where = f"one folder of images, '{entries[0][1].parts[depth - 1]}'," if depth else (
                 "images")
@@ -83,7 +83,8 @@ def classify(members: list[zipfile.ZipInfo]) -> tuple[list[Image], int]:
     else:
         for info, path in entries:  # one folder per class; images beside them have none
             if len(path.parts) > depth + 1:
-                images.append(Image(info, path.parts[depth], "/".join(path.parts[depth + 1:])))
+                images.append(LabelledEntry(info, path.parts[depth],
+                                            "/".join(path.parts[depth + 1:])))
     check_class_names({image.label for image in images})
     # Two entries with one destination (on a case-insensitive file system too) would
     # overwrite each other.

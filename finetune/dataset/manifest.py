@@ -13,11 +13,11 @@ from finetune.core.errors import StageError
 from finetune.core.paths import DATA_REPORT, TRAIN_MANIFEST
 
 if TYPE_CHECKING:  # type hints only: reading the manifest needs no archive code
-    from finetune.dataset.classes import Image
+    from finetune.dataset.classes import LabelledEntry
     from finetune.dataset.split import Sample
 
 
-def write_manifest(images: list[Image]) -> None:
+def write_manifest(images: list[LabelledEntry]) -> None:
     """The manifest (data/train.json): the classes and, per class, each image's path,
     size and CRC-32 (the archive's own), sorted: it changes exactly when data/train does."""
     manifest: dict[str, list] = {label: [] for label in sorted({i.label for i in images})}

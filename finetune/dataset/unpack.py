@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
 from finetune.core.paths import TRAIN_DIR, TRAIN_ZIP
-from finetune.dataset.archive import read
-from finetune.dataset.classes import Image
+from finetune.dataset.archive import read_entry
+from finetune.dataset.classes import LabelledEntry
 
 CHUNK = 64  # images per task of the thread pool
 
@@ -32,8 +32,8 @@ def workers() -> int:
         return os.cpu_count() or 1
 
 
-def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: float
-                 ) -> tuple[list[Image], dict[str, int], dict[str, str]]:
+def unpack_images(archive: zipfile.ZipFile, images: list[LabelledEntry], max_unreadable: float
+                 ) -> tuple[list[LabelledEntry], dict[str, int], dict[str, str]]:
     """Decode every image and write the readable ones into data/train/<class>/; return
     those, how many each class has, and why each unreadable one is."""
     # Imported here, once (not from several threads at once), after the cheap checks.
@@ -41,18 +41,18 @@ def check_images(archive: zipfile.ZipFile, images: list[Image], max_unreadable: 
 
     labels = sorted({image.label for image in images})
     counts = dict.fromkeys(labels, 0)
-    readable: list[Image] = []
+    readable: list[LabelledEntry] = []
     unreadable: dict[str, str] = {}
     with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
         for label in labels:
             (staging / label).mkdir(parents=True)
 
-        def check(chunk: list[Image]) -> list[tuple[Image, str]]:
+        def check(chunk: list[LabelledEntry]) -> list[tuple[LabelledEntry, str]]:
             """Read, decode and, if readable, write each image of `chunk`: (image, why it
             is unreadable or "")."""
             checked = []
             for image in chunk:
-                data = read(archive, image.info)
+                data = read_entry(archive, image.info)
                 reason = decode_error(data)
                 if not reason:
                     destination = staging / image.label / image.name

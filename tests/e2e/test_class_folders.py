@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.commands import dvc, ran_stages
 from tests.support.photos import DRAWN_CLASSES, DRAWN_PER_CLASS
+from tests.support.shared import ROOT
 
 # With `make test`'s two processes, in the one that makes the shared class-folder run.
 pytestmark = pytest.mark.xdist_group("class_folder_run")
@@ -116,6 +117,13 @@ def test_exp_run_lr_metrics_diff_and_plots(pipeline):
     diff = dvc(project, env, "metrics", "diff", "--all").stdout
     for metric in ("accuracy", "log_loss", "roc_auc", "macro.f1", "bird.recall"):
         assert re.search(rf"metrics/evaluate/metrics\.json\s+{re.escape(metric)}\s", diff), diff
+    # The experiments table of the docs: changed params and headline metrics, 120 columns.
+    table = subprocess.run(["make", "-s", "exps", f"DIR={project}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table and max(len(line) for line in table) <= 120, table
+    header = table[1].split()
+    assert header == ["Experiment", "accuracy", "log_loss", "roc_auc", "lr"], header
+    assert sum("[" in line for line in table) == 1  # the experiment's row, named
     dvc(project, env, "plots", "show", "-o", "plots_html")
     html = (project / "plots_html" / "index.html").read_text()
     for plot in ("Confusion matrix (validation)", "ROC curve (validation)",

@@ -1,4 +1,5 @@
-"""The features stage on a Dask cluster (stages/cluster.py): the same bytes as serially.
+"""The features stage on a Dask cluster (finetune/features/dask_runner.py): the same bytes
+as serially.
 
 The tests marked `scale` (`make test-scale`, needs `make setup EXTRAS=dask`) run the
 stage three times on one small project: in this process (cluster: ""), on a local

@@ -3,7 +3,7 @@
 Each test runs the stage as DVC does (`python -m stages.fetch_weights` in a project
 folder) against servers on 127.0.0.1: one that can break a transfer off, honour or
 ignore Range, and logs every request it answers. The "keras" values of weights_urls
-and weights_hash (stages/published.py) are tested by calling their resolution: Keras's
+and weights_hash (finetune/sources/keras_weights.py) are tested by calling their resolution: Keras's
 own URLs are on the internet, which the tests never reach.
 """
 

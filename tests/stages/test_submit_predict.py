@@ -1,4 +1,4 @@
-"""stages/submit.py and stages/predict.py run as commands on a small model.
+"""stages/submit.py and the predict command (finetune/predict.py) on a small model.
 
 One MobileNet (alpha 0.25, 96 px) with random weights whose BatchNormalization is
 calibrated on the drawn photos (conftest's `mobilenet_random_weights`), cut at
@@ -7,11 +7,11 @@ stage's output: conftest's `extracted_features` runs that stage once (same weigh
 file, same params) on a test.zip of the 20 drawn test photos, a grayscale PNG and a
 corrupt JPEG, listed shuffled in sample_submission.csv; each submit test runs in a
 copy of that project with models/model.keras added. The id/image mismatches are
-found by the features stage (stages/test_set.py), so those tests run it.
+found by the features stage (finetune/dataset/competition.py), so those tests run it.
 
 The expected predictions come from the whole saved model applied to pixels decoded
-with Pillow (conftest's `photo_pixels`), not from the project's own decoder
-(`stages.images.decode_image`) nor from the cached features, so that neither a
+with Pillow (tests.support.photos.photo_pixels), not from the project's own decoder
+(`finetune.dataset.decode.decode_image`) nor from the cached features, so that neither a
 decoding bug nor a features/model mismatch can hide by being on both sides of the
 comparison.
 """

@@ -86,7 +86,7 @@ def make_class_folders(folder: Path) -> Path:
 
 def photo_pixels(photo: Path, size: int):
     """`photo` as the model takes it, decoded here independently of the project's own
-    decoder (stages.images), so that neither test material nor a test's expected values
+    decoder (finetune.dataset.decode), so that neither test material nor a test's expected values
     share a bug with the code under test: Pillow decodes it as RGB (a grayscale image's
     one channel three times), then the documented resize: bilinear, half-pixel centres,
     no antialiasing (tf.image.resize, as Keras's image_dataset_from_directory does),
