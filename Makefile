@@ -84,8 +84,9 @@ test-slow: setup
 test-scale: setup $(VENV)/.installed-scale-tests
 	$(RUN) python -m pytest -m scale -rP
 
+# REPLACE=1: delete an earlier build/demo even if it holds experiments.
 demo: setup
-	$(RUN) python -m scripts.demo
+	$(RUN) python -m scripts.demo $(if $(REPLACE),--replace)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -6,11 +6,14 @@ validation) from ../shared instead of Kaggle's 25,000, with the small MobileNet
 
 It copies the project into build/demo (a fresh git repo, so your params.yaml and
 DVC cache stay untouched), points data_source and weights_urls at ../shared,
-runs `dvc repro` there and prints `dvc metrics show`.
+runs `dvc repro` there, commits the run (so `dvc metrics diff` and `dvc exp show` have
+a baseline to compare with), prints `dvc metrics show` and the commands to try next.
+A build/demo holding experiments is not deleted unless asked (`make demo REPLACE=1`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -72,17 +75,61 @@ def copy_project(destination: Path, params: dict[str, Any] | None = None) -> Pat
     return destination
 
 
+def experiments_in(project: Path) -> list[str]:
+    """The names of the experiments DVC keeps in `project`'s git repo: refs/exps/<2 hex>/
+    <rest of the baseline commit>/<name> (queued and running ones are stashes, not these)."""
+    if not (project / ".git").exists():
+        return []
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"],
+                          cwd=project, capture_output=True, text=True, check=True).stdout.split()
+    return [ref.rsplit("/", 1)[-1] for ref in refs if len(ref.split("/")) == 5]
+
+
+def make_room(demo: Path, replace: bool) -> None:
+    """Delete an earlier demo, unless it holds experiments and `replace` was not asked for
+    (its experiments would go with it)."""
+    names = experiments_in(demo)
+    if names and not replace:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        sys.exit(f"error: {demo} holds {len(names)} experiment(s) ({shown}): `make demo "
+                 f"REPLACE=1` deletes them with it, or move {demo} away first")
+    shutil.rmtree(demo, ignore_errors=True)
+
+
+def commit_run(demo: Path) -> None:
+    """Commit the first run, as the baseline `dvc metrics diff` and `dvc exp show` compare
+    experiments with."""
+    git("add", "-A", cwd=demo)
+    git("commit", "-q", "-m", "the demo's first run (dvc repro)", cwd=demo)
+
+
+def next_steps(demo: Path) -> str:
+    """What to try next, as commands to paste."""
+    relative = os.path.relpath(demo, ROOT)
+    return (f"demo: committed the run in {relative}. Try an experiment:\n"
+            f"  cd {relative} && source {os.path.relpath(ROOT / '.venv', demo)}/bin/activate\n"
+            "  dvc exp run -S lr=1e-4\n"
+            "  dvc metrics diff\n"
+            "  make exps")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description="The offline demo (make demo).")
+    parser.add_argument("--replace", action="store_true",
+                        help="delete an earlier build/demo even if it holds experiments")
+    args = parser.parse_args()
     if not SAMPLE.is_dir() or not MOBILENET_WEIGHTS.is_file():
         sys.exit(f"error: the demo needs the shared sample data and MobileNet weights at {SHARED}")
     demo = ROOT / "build" / "demo"
-    shutil.rmtree(demo, ignore_errors=True)
+    make_room(demo, args.replace)
     demo.mkdir(parents=True)
     copy_project(demo, {"data_source": str(SAMPLE), **MOBILENET_PARAMS})
     print(f"demo: SMOKE RUN on the 1,000-photo sample with MobileNet alpha 0.25, in {demo}")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["dvc", "repro"], cwd=demo, check=True, env=env)
+    commit_run(demo)
     subprocess.run(["dvc", "metrics", "show"], cwd=demo, check=True, env=env)
+    print(next_steps(demo))
 
 
 if __name__ == "__main__":
