@@ -26,7 +26,7 @@ from finetune.core.runtime import configure
 from finetune.dataset.manifest import check_manifest
 from finetune.dataset.split import list_samples, paths_of, split_samples
 from finetune.evaluation.mistakes import mistakes_figure
-from finetune.evaluation.scores import log_scores
+from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
 from finetune.model.assembly import trained_part
 from finetune.model.saved import class_probabilities, load_model
@@ -53,7 +53,7 @@ def main() -> None:
         log_scores(live, labels, probabilities, classes)
         photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
         live.log_image("mistakes.png", mistakes_figure(photos, labels, probabilities, classes))
-        summary = {key: live.summary[key] for key in ("accuracy", "log_loss", "roc_auc")}
+        summary = headline(live.summary)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}",
           file=sys.stderr)
 

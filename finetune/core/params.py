@@ -132,6 +132,13 @@ EXECUTION_PARAMS = {
 }
 
 
+def undo_hint(source: Path) -> str:
+    """How to undo a value `dvc exp run -S` wrote: DVC leaves a failed experiment's params in
+    the workspace, so the next run fails on them too."""
+    return (f"; if a failed `dvc exp run -S` left it there, `git checkout {source}` restores "
+            "the committed value")
+
+
 def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
     """Check every key of params.yaml; raise a StageError naming the first bad one."""
     if not isinstance(params, dict):
@@ -140,7 +147,7 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
     if unknown:
         raise StageError(
             f"{source}: unknown key '{unknown[0]}' (known keys: {', '.join(PARAM_SPEC)})"
-        )
+            + undo_hint(source))
     missing = [key for key in PARAM_SPEC if key not in params]
     if missing:
         raise StageError(f"{source}: missing key '{missing[0]}'")
@@ -151,9 +158,10 @@ def validate_params(params: Any, source: Path = PARAMS_FILE) -> dict[str, Any]:
             names = " or ".join(t.__name__ for t in types)
             raise StageError(
                 f"{source}: '{key}' must be {names}, got {type(value).__name__} {value!r}"
-            )
+                + undo_hint(source))
         if check is not None and not check(value):
-            raise StageError(f"{source}: '{key}' must be {requirement}, got {value!r}")
+            raise StageError(f"{source}: '{key}' must be {requirement}, got {value!r}"
+                             + undo_hint(source))
     return params
 
 

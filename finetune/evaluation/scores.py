@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+HEADLINE = ("accuracy", "log_loss", "roc_auc")  # what the stage prints
+DIGITS = 6  # of the printed scores: the metrics file keeps every digit
+
 
 def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
                ) -> None:
@@ -29,7 +32,10 @@ def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes
         roc_auc = metrics.roc_auc_score(labels, scores)
     else:  # every (image, class) pair, one-vs-rest
         scores, truth = probabilities.ravel(), np.eye(len(classes))[labels].ravel()
-        log_loss = metrics.log_loss(labels, probabilities, labels=every_label)
+        # A float32 softmax's rows sum to 1 within ~1e-7, not within float64's precision,
+        # which scikit-learn checks (and warns about): renormalise them in float64.
+        rows = probabilities / probabilities.sum(axis=1, keepdims=True)
+        log_loss = metrics.log_loss(labels, rows, labels=every_label)
         roc_auc = metrics.roc_auc_score(labels, probabilities, multi_class="ovr",
                                         average="macro", labels=every_label)
     live.log_metric("log_loss", log_loss, plot=False)
@@ -47,3 +53,9 @@ def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes
                           [classes[i] for i in predicted], name="confusion_matrix.json")
     live.log_sklearn_plot("roc", truth, scores, name="roc.json")
     live.log_sklearn_plot("precision_recall", truth, scores, name="precision_recall.json")
+
+
+def headline(summary: dict[str, Any]) -> dict[str, float]:
+    """The headline scores of a summary, rounded for people (no float noise such as
+    0.9947999999999999)."""
+    return {key: round(float(summary[key]), DIGITS) for key in HEADLINE}

@@ -276,3 +276,14 @@ def test_parse_hash_round_trip(tmp_path: Path) -> None:
 def test_parse_hash_refuses(spec: str, hint: str) -> None:
     with pytest.raises(StageError, match=hint):
         parse_hash(spec)
+
+
+@pytest.mark.parametrize(("key", "value"), [("lr", -1), ("lr", "fast"), ("learning_rate", 1)])
+def test_a_bad_value_says_how_to_undo_a_failed_experiment(params: dict[str, Any], key: str,
+                                                          value: Any) -> None:
+    # DVC leaves a failed `dvc exp run -S`'s params in the workspace, and the next run
+    # fails on them too: the error says how to get the committed params back.
+    with pytest.raises(StageError, match=r"; if a failed `dvc exp run -S` left it there, "
+                                         r"`git checkout params\.yaml` restores the committed "
+                                         r"value$"):
+        validate_params({**params, key: value})

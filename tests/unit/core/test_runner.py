@@ -32,7 +32,8 @@ def test_stage_fails_on_bad_param_before_any_work(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
-        "error: params.yaml: 'epochs' must be int, got str '2'"
+        "error: params.yaml: 'epochs' must be int, got str '2'; if a failed `dvc exp run -S` "
+        "left it there, `git checkout params.yaml` restores the committed value"
     ]
     assert result.stdout == ""
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
