@@ -47,11 +47,12 @@ MOBILENET_PARAMS: dict[str, Any] = {
 }
 
 
-def git(*args: str, cwd: Path) -> None:
+def git(*args: str, cwd: Path) -> str:
+    """Run `git ARGS` in `cwd` (with an identity for commits); return what it printed."""
     identity = {"GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
                 "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, **identity})
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **identity}).stdout
 
 
 def copy_project(destination: Path, params: dict[str, Any] | None = None) -> Path:
@@ -80,8 +81,7 @@ def experiments_in(project: Path) -> list[str]:
     <rest of the baseline commit>/<name> (queued and running ones are stashes, not these)."""
     if not (project / ".git").exists():
         return []
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"],
-                          cwd=project, capture_output=True, text=True, check=True).stdout.split()
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps/", cwd=project).split()
     return [ref.rsplit("/", 1)[-1] for ref in refs if len(ref.split("/")) == 5]
 
 

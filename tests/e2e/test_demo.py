@@ -4,8 +4,6 @@ does not delete unless asked. (The demo's own run needs ../shared: `make demo`.)
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from scripts.demo import commit_run, experiments_in, git, make_room, next_steps
@@ -49,11 +47,8 @@ def test_the_first_run_is_committed_as_the_baseline(tmp_path):
     (demo / "metrics").mkdir()
     (demo / "metrics" / "data.json").write_text("{}\n")
     commit_run(demo)
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=demo, capture_output=True,
-                            text=True, check=True).stdout
-    assert status == ""
-    tracked = subprocess.run(["git", "ls-files"], cwd=demo, capture_output=True, text=True,
-                             check=True).stdout.split()
+    assert git("status", "--porcelain", cwd=demo) == ""
+    tracked = git("ls-files", cwd=demo).split()
     assert {"dvc.lock", "metrics/data.json"} <= set(tracked)
 
 
