@@ -37,7 +37,7 @@ ifeq ($(filter keep create rebuild,$(VENV_ACTION)),)
 $(error $(PY_STATE))
 endif
 
-.PHONY: setup repro test test-slow test-scale demo lint exps FORCE
+.PHONY: setup repro test test-slow test-scale demo lint exps transcripts FORCE
 
 # Optional parts (a DVC remote's plug-in, Dask, CUDA): extras/NAME.txt, each installed once.
 EXTRAS ?=
@@ -91,12 +91,17 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The README's and docs' console transcripts, run in a fresh demo project (needs ../shared)
+# and compared with what they show; ARGS=--update rewrites them from the run.
+transcripts: setup
+	$(RUN) python -m scripts.transcripts $(ARGS)
+
 # Every experiment's changed params and headline metrics, within 120 columns, of the DVC
 # project in DIR (this one by default; e.g. `make exps DIR=build/demo` after `make demo`).
 # Module and data deps, the training curves' last values and the per-class scores are left
 # out; `dvc exp show` shows everything.
 DIR ?= .
-EXPS_DROP := ^(Created|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*\.(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
+EXPS_DROP := ^(Created|Executor|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*\.(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
 exps:
 	@cd '$(DIR)' && $(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.core.errors import StageError
-from finetune.core.paths import MODEL_FILE
+from finetune.core.paths import DEMO_DIR, MODEL_FILE
 from finetune.core.progress import Progress
 from finetune.core.runner import run_main
 from finetune.dataset.image_files import IMAGE_EXTENSIONS
@@ -66,26 +66,33 @@ def image_files(arguments: list[str]) -> list[Path]:
 
 def load(path: Path, size: int) -> Any:
     """The image's pixels as the model takes them, or the reason it cannot be read."""
-    import numpy as np
-    import tensorflow as tf
-
-    from finetune.dataset.decode import decode_error, decode_image
+    from finetune.dataset.decode import decode_pixels
 
     try:
         data = path.read_bytes()
     except OSError as error:
         return error.strerror or str(error)
-    try:
-        return np.asarray(decode_image(data, size), dtype=np.float32)
-    except tf.errors.OpError:
-        return decode_error(data) or "cannot be decoded"
+    return decode_pixels(data, size)
+
+
+def missing_model(model: Path) -> str:
+    """What to say when `model` is not there: for the default one, where a model is (the
+    demo's, which `make demo` trains offline; `dvc repro train` needs Kaggle or a
+    data_source), as paths to type from here."""
+    if model != MODEL_FILE:
+        return f"{model} not found"
+    demo_model = DEMO_DIR / MODEL_FILE
+    if demo_model.is_file():
+        return (f"{model} not found: pass --model {demo_model} (the model `make demo` "
+                "trained), or run `dvc repro train`")
+    return f"{model} not found: run `dvc repro train`, or pass --model"
 
 
 def predict(args: argparse.Namespace) -> int:
     """Print one line per file; return how many failed."""
     files = image_files(args.paths)  # before loading the model: it takes seconds
     if not args.model.is_file():
-        raise StageError(f"{args.model} not found: run `dvc repro train`, or pass --model")
+        raise StageError(missing_model(args.model))
     import numpy as np
 
     from finetune.model.saved import (

@@ -24,6 +24,14 @@ from finetune.core.paths import PARAMS_FILE
 # weights_urls / weights_hash value: the file keras.applications publishes for the
 # configured backbone, or its checksum (resolved by finetune.sources.keras_weights).
 KERAS = "keras"
+# A value that names a URL scheme ("https://", "s3://"); a data_source URL is http(s) only.
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+HTTP_SCHEMES = ("http://", "https://")
+
+
+def is_http_url(value: str) -> bool:
+    """Whether a data_source is a URL to download (else a path, or "" for Kaggle)."""
+    return value.lower().startswith(HTTP_SCHEMES)
 
 
 def _positive(value: float) -> bool:
@@ -65,6 +73,15 @@ def _hash_spec(value: str) -> bool:
     return True
 
 
+def _data_source_spec(value: str) -> bool:
+    # ftp://, s3://, file://...: refused now, not read as a relative path that is missing.
+    return is_http_url(value) or not URL_SCHEME.match(value)
+
+
+def _data_hash_spec(value: str) -> bool:
+    return value != KERAS and _hash_spec(value)  # Keras publishes no checksum of data
+
+
 def _cluster_spec(value: str) -> bool:
     return value in ("", "local") or re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", value) is not None
 
@@ -81,7 +98,12 @@ def _one_of(*choices: str) -> Callable[[str], bool]:
 # bool is a subclass of int, so numeric keys exclude it explicitly below.
 PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] = {
     "competition": ((str,), bool, "a Kaggle competition name"),
-    "data_source": ((str,), None, "a path, or \"\" to download"),
+    "data_source": ((str,), _data_source_spec,
+                    "a path, an http:// or https:// URL of a zip, or \"\" to download from "
+                    "Kaggle"),
+    "data_source_hash": ((str,), _data_hash_spec,
+                         "\"md5:<32 hex digits>\", \"sha256:<64 hex digits>\" (checks the zip "
+                         "a data_source URL downloads), or \"\" to skip"),
     "weights_urls": ((list, str), _urls_spec,
                      "a non-empty list of URLs or paths, or \"keras\" (Keras's own file)"),
     "weights_hash": ((str,), _hash_spec,

@@ -18,6 +18,10 @@ TRAIN_ZIP = RAW_DIR / "train.zip"
 TEST_ZIP = RAW_DIR / "test.zip"
 SAMPLE_SUBMISSION = RAW_DIR / "sample_submission.csv"
 DOWNLOAD_DIR = Path("data/.kaggle-download")  # scratch: the kaggle client resumes from it
+# scratch: a `data_source` URL's zip while it downloads, so that a killed run resumes it.
+# Not in RAW_DIR, which DVC deletes before the stage runs (and the stage empties itself);
+# not a DVC output, and git-ignored.
+URL_DOWNLOAD_DIR = Path("data/.url-download")
 
 # split_classes
 TRAIN_DIR = Path("data/train")
@@ -52,6 +56,9 @@ SUBMISSION_FILE = SUBMISSION_DIR / "submission.csv"
 # Where `dvc exp run --queue` (and --temp) runs a copy of the project: <project>/EXPS_DIR/...
 EXPS_DIR = Path(".dvc/tmp/exps")
 
+# The offline demo's own project (scripts/demo.py, `make demo`): a copy of this one, run.
+DEMO_DIR = Path("build/demo")
+
 
 def project_path(value: str) -> Path:
     """A path from params.yaml (`data_source`, a local `weights_urls` entry) as its writer
@@ -59,12 +66,14 @@ def project_path(value: str) -> Path:
     runs in. The project is DVC_ROOT, which DVC sets for every stage (for a queued run, to
     the project the copy came from), else the working folder; a folder inside
     <project>/.dvc/tmp/exps/ (the copy itself: a stage run by hand there) means <project>.
-    The value's text stays what DVC tracks; only where it is read changes."""
+    The value's text stays what DVC tracks; only where it is read changes. A relative
+    one comes back resolved: `..` taken as the file system takes it, and the messages that
+    name it show the file, not ".../build/demo/../../shared/..."."""
     path = Path(value).expanduser()
     if path.is_absolute():
         return path
     start = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
     for folder in (start, *start.parents):
         if folder.parts[-len(EXPS_DIR.parts):] == EXPS_DIR.parts:
-            return folder.parents[len(EXPS_DIR.parts) - 1] / path
-    return start / path
+            return (folder.parents[len(EXPS_DIR.parts) - 1] / path).resolve()
+    return (start / path).resolve()

@@ -42,8 +42,10 @@ def content_length(response: requests.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def download(url: str, destination: Path) -> None:
-    """Stream `url` into `destination`, resuming with a Range request if the transfer breaks."""
+def download(url: str, destination: Path, stage: str) -> None:
+    """Stream `url` into `destination`, resuming with a Range request if the transfer breaks
+    (and from what `destination` already holds: a killed run's partial file). `stage` names
+    the stage in the lines it prints."""
     reached = False  # has the server answered at all?
     failures = 0  # attempts in a row that added no byte
     while True:
@@ -95,7 +97,7 @@ def download(url: str, destination: Path) -> None:
             failures = 0 if size_of(destination) > done else failures + 1
             if failures > RETRIES:
                 raise
-            print(f"fetch_weights: transfer broke off ({error.__class__.__name__}), "
+            print(f"{stage}: transfer broke off ({error.__class__.__name__}), "
                   f"resuming at byte {size_of(destination):,}", file=sys.stderr)
             time.sleep(RETRY_DELAY_S * failures)
 

@@ -110,16 +110,26 @@ def is_bundle(source: Path) -> bool:
         raise StageError(f"{source} is not a valid zip file ({error})") from None
 
 
+def copy_zip(source: Path) -> None:
+    """A zip to data/raw: the competition's bundle (its three files), or a zip of class
+    folders (copied as it is: split_classes checks and reads it). A downloaded zip
+    (finetune.sources.web) comes this way too, so it gets the same checks."""
+    if not zipfile.is_zipfile(source):
+        raise StageError(f"data_source {source} is not a zip file: {EXPECTED}")
+    if is_bundle(source):
+        extract_bundle(source)
+    else:
+        with source.open("rb") as stream:
+            write(TRAIN_ZIP, stream, str(source))
+
+
 def copy_local(source: Path) -> None:
+    # Checked first: "copying the data from" a path that is not there misleads.
+    if not source.exists():
+        raise StageError(f"data_source {source} does not exist: {EXPECTED}")
     print(f"fetch_data: copying the data from {source}", flush=True)
     if source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise StageError(f"data_source {source} is not a zip file: {EXPECTED}")
-        if is_bundle(source):
-            extract_bundle(source)
-        else:  # a zip of class folders: split_classes checks and reads it
-            with source.open("rb") as stream:
-                write(TRAIN_ZIP, stream, str(source))
+        copy_zip(source)
     elif all((source / name).is_file() for name in NAMES):
         for name, dest in zip(NAMES, OUTPUTS, strict=True):
             with (source / name).open("rb") as stream:
@@ -135,5 +145,5 @@ def copy_local(source: Path) -> None:
             write(SAMPLE_SUBMISSION, stream, str(source))
     elif source.is_dir():
         zip_classes(source, TRAIN_ZIP)
-    else:
-        raise StageError(f"data_source {source} does not exist: {EXPECTED}")
+    else:  # neither a file nor a folder: a socket, a device
+        raise StageError(f"data_source {source} is neither a file nor a folder: {EXPECTED}")

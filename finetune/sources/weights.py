@@ -5,8 +5,6 @@ models/backbone_notop.h5 only once it is complete and its checksum matches `weig
 
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,15 +13,17 @@ import requests
 
 from finetune.core.atomic import atomic_output, remove
 from finetune.core.errors import StageError
+from finetune.core.params import URL_SCHEME
 from finetune.core.paths import WEIGHTS_FILE, project_path
+from finetune.sources.checksum import check_digest
 from finetune.sources.download import describe, download
 
 
 def fetch(source: str, destination: Path) -> None:
     """Copy a local file or download a URL to `destination`."""
     if source.startswith(("http://", "https://")):
-        download(source, destination)
-    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", source) and not source.startswith("file://"):
+        download(source, destination, stage="fetch_weights")
+    elif URL_SCHEME.match(source) and not source.startswith("file://"):
         raise StageError("only http://, https:// and file:// URLs or local paths are supported")
     else:
         shutil.copyfile(project_path(source.removeprefix("file://")), destination)
@@ -32,14 +32,7 @@ def fetch(source: str, destination: Path) -> None:
 def fetch_verified(source: str, destination: Path, algorithm: str, expected: str) -> str:
     """Fetch `source` to `destination` and return its digest; raise StageError on a mismatch."""
     fetch(source, destination)
-    with destination.open("rb") as stream:
-        actual = hashlib.file_digest(stream, algorithm).hexdigest()
-    if expected and actual != expected:
-        raise StageError(
-            f"{algorithm} is {actual}, expected {expected}; deleted it (if you trust this file, "
-            f"set weights_hash: {algorithm}:{actual} in params.yaml)"
-        )
-    return actual
+    return check_digest(destination, algorithm, expected, "weights_hash")
 
 
 def fetch_first(sources: list[str], algorithm: str, expected: str) -> None:

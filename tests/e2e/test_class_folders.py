@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.commands import dvc, ran_stages
+from scripts.demo import SUMMARY
+from tests.support.commands import charts, dvc, ran_stages
 from tests.support.photos import DRAWN_CLASSES, DRAWN_PER_CLASS
 from tests.support.shared import ROOT
 
@@ -124,8 +125,15 @@ def test_exp_run_lr_metrics_diff_and_plots(pipeline):
     header = table[1].split()
     assert header == ["Experiment", "accuracy", "log_loss", "roc_auc", "lr"], header
     assert sum("[" in line for line in table) == 1  # the experiment's row, named
-    dvc(project, env, "plots", "show", "-o", "plots_html")
-    html = (project / "plots_html" / "index.html").read_text()
-    for plot in ("Confusion matrix (validation)", "ROC curve (validation)",
-                 "Precision-recall curve (validation)", "mistakes_png"):
-        assert plot in html, f"{plot} missing from dvc plots show"
+    # The table `make demo` ends with: headline metrics and what ran, 120 columns too.
+    summary = subprocess.run(SUMMARY, cwd=project, env=env, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert summary and max(len(line) for line in summary) <= 120, summary
+    assert summary[1].split() == ["Experiment", "accuracy", "log_loss", "roc_auc", "backbone",
+                                  "image_size", "epochs", "lr"], summary
+    drawn = charts(project, env)
+    assert drawn["Loss per epoch"][1] == {"train/loss.tsv", "eval/loss.tsv"}, drawn
+    assert drawn["Accuracy per epoch"][1] == {"train/accuracy.tsv", "eval/accuracy.tsv"}, drawn
+    assert {"Confusion matrix (validation)", "ROC curve (validation)",
+            "Precision-recall curve (validation)"} <= {title for title, _ in drawn.values()}
+    assert "metrics/evaluate/plots/images/mistakes.png" in drawn, drawn

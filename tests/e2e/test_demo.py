@@ -60,3 +60,24 @@ def test_the_demo_ends_with_the_commands_to_try():
         "  dvc metrics diff",
         "  make exps",
     ]
+
+
+def test_without_the_shared_files_the_demo_names_a_first_run_without_kaggle(
+        tmp_path, monkeypatch):
+    import scripts.demo as demo
+    from finetune.sources.web import PET_IMAGES_URL
+
+    missing = tmp_path / "no-shared"
+    monkeypatch.setattr(demo, "SHARED", missing)
+    monkeypatch.setattr(demo, "SAMPLE", missing / "data" / "dogs-vs-cats-sample")
+    monkeypatch.setattr(demo, "MOBILENET_WEIGHTS", missing / "weights" / "mobilenet.h5")
+    monkeypatch.setattr("sys.argv", ["demo"])
+    with pytest.raises(SystemExit) as refused:
+        demo.main()
+    lines = str(refused.value).splitlines()
+    assert len(lines) <= 3, lines
+    assert lines[0] == ("error: the demo needs the shared sample data and MobileNet weights "
+                        f"at {missing}")
+    assert "without a Kaggle account" in lines[1] and "800 MB" in lines[1], lines
+    assert lines[-1] == (f"  cd {ROOT} && make setup && source .venv/bin/activate && "
+                         f"dvc exp run -S data_source={PET_IMAGES_URL}")

@@ -6,21 +6,28 @@ client reads its credentials when the stage authenticates, so each call reads it
 A download killed mid-way runs `python -m stages.fetch_data` in a subprocess. HOME and
 KAGGLE_CONFIG_DIR point at empty folders, so a developer's own Kaggle credentials never
 take part. The competition bundle is built from the drawn sample photos (conftest's
-`sample_dir`).
+`sample_dir`). A `data_source` URL is served on loopback (tests.support.servers) with a
+zip in the layout of Microsoft's copy of the photos (tests.support.photos).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import re
 import shutil
 import subprocess
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from finetune.core.params import load_params
+from finetune.core.paths import URL_DOWNLOAD_DIR
+from finetune.sources.web import PET_IMAGES_URL, partial_path
 from tests.support.commands import (
     assert_stage_error,
     call_stage,
@@ -34,8 +41,9 @@ from tests.support.kaggle_server import (
     build_competition_bundle,
     proxy_env,
 )
+from tests.support.photos import PET_IMAGES_CLASSES, make_pet_images_zip
 from tests.support.projects import write_params
-from tests.support.servers import closed_port
+from tests.support.servers import Mirror, closed_port
 from tests.support.shared import ROOT
 
 OUTPUTS = ("data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv")
@@ -386,6 +394,18 @@ def test_bad_local_source(project: Path, bundle: Path, make, hint: str) -> None:
     assert str(source) in message
 
 
+def test_missing_relative_source_is_named_normalised(project: Path) -> None:
+    # Read against the project: the message names the folder itself, no "project/../"
+    # and no "copying the data from" a path that is not there.
+    set_params(project, data_source="../nowhere/photos")
+    result = fetch_data(project)
+    line = assert_fails(result, project)
+    missing = project.resolve().parent / "nowhere" / "photos"
+    assert f"data_source {missing} does not exist" in line, line
+    assert "/../" not in line, line
+    assert "copying" not in result.stdout
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -394,3 +414,182 @@ def _write(path: Path, data: bytes) -> Path:
 
 def _truncated(folder: Path, bundle: Path) -> Path:
     return _write(folder / "truncated.zip", bundle.read_bytes()[: bundle.stat().st_size // 2])
+
+
+# --- data_source: an http(s) URL of a zip ------------------------------------------
+
+PETS_PER_CLASS = 10
+PETS_NAME = Path(urlsplit(PET_IMAGES_URL).path).name  # kagglecatsanddogs_5340.zip
+PETS_PARAMS = {"max_unreadable_fraction": 0.2}  # 3 of 23 images are unreadable
+
+
+@pytest.fixture(scope="module")
+def pet_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[str]]:
+    """The bytes of a zip in the layout of Microsoft's archive, and its unreadable images."""
+    archive = tmp_path_factory.mktemp("pets") / PETS_NAME
+    unreadable = make_pet_images_zip(archive, PETS_PER_CLASS)
+    return archive.read_bytes(), unreadable
+
+
+def fetch_url(project: Path, url: str, data_source_hash: str = ""
+              ) -> subprocess.CompletedProcess:
+    set_params(project, data_source=url, data_source_hash=data_source_hash, **PETS_PARAMS)
+    return fetch_data(project)
+
+
+def downloads(project: Path) -> list[str]:
+    """What the scratch folder of URL downloads holds."""
+    folder = project / URL_DOWNLOAD_DIR
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+
+
+def assert_url_fetched(result: subprocess.CompletedProcess, project: Path, body: bytes) -> None:
+    """train.zip is the served zip, as it is (a zip of class folders), and nothing else
+    is left: data/raw holds it alone, the download is deleted."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in (project / "data" / "raw").iterdir()) == ["train.zip"]
+    assert (project / OUTPUTS[0]).read_bytes() == body
+    assert downloads(project) == []
+
+
+def assert_url_fails(result: subprocess.CompletedProcess, project: Path, *hints: str) -> str:
+    """One error line, data/raw gone (stale outputs too) and no download left behind."""
+    line = assert_fails(result, project, *hints)
+    assert not (project / "data" / "raw").exists()
+    assert downloads(project) == [], "a bad download must not be resumed"
+    return line
+
+
+def test_url_of_pet_images_gives_class_folders_cat_and_dog(
+        project: Path, pet_images: tuple[bytes, list[str]],
+        file_server: tuple[str, Path]) -> None:
+    body, unreadable = pet_images
+    base, served = file_server  # a plain file server: no Range support needed
+    (served / PETS_NAME).write_bytes(body)
+    url = f"{base}/{PETS_NAME}"
+    plant_stale_outputs(project)
+    result = fetch_url(project, url)
+    assert_url_fetched(result, project, body)
+    digest = hashlib.sha256(body).hexdigest()
+    assert f"fetch_data: downloading {url}\n" in result.stdout
+    assert (f"fetch_data: downloaded {url} ({len(body):,} bytes, sha256 {digest}; to pin it, "
+            f"set data_source_hash: sha256:{digest})") in result.stdout
+
+    split = call_stage("split_classes", project)
+    assert split.returncode == 0, split.stderr
+    report = json.loads((project / "metrics" / "data.json").read_text())
+    assert report["classes"] == list(PET_IMAGES_CLASSES)
+    assert report["images"] == dict.fromkeys(PET_IMAGES_CLASSES, PETS_PER_CLASS)
+    assert (report["unreadable"], report["unlabelled"]) == (len(unreadable), 0)
+    assert sorted(report["unreadable_files"]) == sorted(unreadable)
+    train = project / "data" / "train"
+    assert sorted(path.name for path in train.iterdir()) == list(PET_IMAGES_CLASSES)
+    for label in PET_IMAGES_CLASSES:  # no Thumbs.db, no empty or corrupt photo
+        assert sorted(path.name for path in (train / label).iterdir()) == sorted(
+            f"{number}.jpg" for number in range(PETS_PER_CLASS))
+
+
+def test_url_transfer_broken_off_is_resumed(project: Path,
+                                            pet_images: tuple[bytes, list[str]]) -> None:
+    body, _ = pet_images
+    broken_at = len(body) // 2
+    with Mirror(body, PETS_NAME, break_after=broken_at) as mirror:
+        result = fetch_url(project, mirror.url())
+    assert_url_fetched(result, project, body)
+    assert len(mirror.requests) == 2, mirror.requests
+    assert mirror.requests[0] == (f"/{PETS_NAME}", None, 200)
+    _, requested, status = mirror.requests[1]
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", requested or "").group(1))
+    assert 0 < resumed_at <= broken_at and status == 206
+    assert "fetch_data: transfer broke off" in result.stderr
+
+
+@pytest.mark.parametrize(("left", "status"), [(0.5, 206), (1.0, 416)], ids=["half", "all"])
+def test_url_download_of_a_killed_run_is_resumed(
+        project: Path, pet_images: tuple[bytes, list[str]], left: float, status: int) -> None:
+    # What a killed run leaves (no cleanup runs): part of the file, or all of it when it
+    # was killed after the download. The rerun asks for the rest only; another URL's
+    # leftover download is deleted.
+    body, _ = pet_images
+    kept = int(len(body) * left)
+    with Mirror(body, PETS_NAME) as mirror:
+        partial = project / partial_path(mirror.url())
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(body[:kept])
+        (partial.parent / "0123456789abcdef-other.zip.partial").write_bytes(b"another URL's")
+        result = fetch_url(project, mirror.url())
+    assert_url_fetched(result, project, body)
+    assert mirror.requests == [(f"/{PETS_NAME}", f"bytes={kept}-", status)]
+    assert f"fetch_data: downloading {mirror.url()}, resuming at byte {kept:,}" in result.stdout
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+def test_url_checksum_that_matches(project: Path, pet_images: tuple[bytes, list[str]],
+                                   algorithm: str) -> None:
+    body, _ = pet_images
+    digest = hashlib.new(algorithm, body).hexdigest()
+    with Mirror(body, PETS_NAME) as mirror:
+        result = fetch_url(project, mirror.url(), f"{algorithm}:{digest.upper()}")
+    assert_url_fetched(result, project, body)
+    assert f"({len(body):,} bytes, {algorithm} {digest})" in result.stdout  # no "to pin it"
+
+
+def test_url_checksum_mismatch_deletes_the_download(
+        project: Path, pet_images: tuple[bytes, list[str]]) -> None:
+    body, _ = pet_images
+    expected, actual = "0" * 32, hashlib.md5(body).hexdigest()
+    plant_stale_outputs(project)
+    with Mirror(body, PETS_NAME) as mirror:
+        line = assert_url_fails(fetch_url(project, mirror.url(), f"md5:{expected}"), project,
+                                mirror.url(), f"md5 is {actual}, expected {expected}",
+                                f"set data_source_hash: md5:{actual} in params.yaml")
+        assert "deleted it" in line
+        # The rerun downloads it afresh (no Range): nothing of the bad file is kept.
+        assert_url_fetched(fetch_url(project, mirror.url(), f"md5:{actual}"), project, body)
+    assert [requested for _, requested, _ in mirror.requests] == [None, None]
+
+
+def test_url_that_is_missing(project: Path, pet_images: tuple[bytes, list[str]]) -> None:
+    body, _ = pet_images
+    plant_stale_outputs(project)
+    with Mirror(body, PETS_NAME) as mirror:
+        missing = mirror.url("gone.zip")
+        assert_url_fails(fetch_url(project, missing), project,
+                         f"cannot download data_source {missing}: HTTP 404")
+
+
+def test_url_that_serves_no_zip(project: Path) -> None:
+    plant_stale_outputs(project)
+    with Mirror(b"<html><body>Download will begin shortly</body></html>", PETS_NAME) as mirror:
+        line = assert_url_fails(fetch_url(project, mirror.url()), project,
+                                f"the file downloaded from {mirror.url()} is not a zip file")
+    assert "deleted it" in line
+
+
+def test_url_on_a_dead_port(project: Path) -> None:
+    plant_stale_outputs(project)
+    url = f"http://127.0.0.1:{closed_port()}/{PETS_NAME}"
+    assert_url_fails(fetch_url(project, url), project, f"cannot download data_source {url}: ",
+                     "Connection refused")
+
+
+def test_checksum_without_a_url_is_refused(project: Path, bundle: Path) -> None:
+    # It would check nothing: a local copy or Kaggle's download is not what it names.
+    set_params(project, data_source=str(bundle), data_source_hash="md5:" + "0" * 32)
+    plant_stale_outputs(project)
+    assert_fails(fetch_data(project), project, "data_source_hash checks the zip an http(s)://",
+                 'set data_source_hash to ""')
+
+
+def test_the_documented_one_liner_sets_the_microsoft_url(tmp_path: Path) -> None:
+    # docs/data-sources.md, "Without a Kaggle account": the command as typed there, with
+    # the URL of the code, is one DVC's -S parses into that very value (no quoting needed).
+    from dvc.utils.hydra import apply_overrides
+
+    docs = (ROOT / "docs" / "data-sources.md").read_text()
+    commands = re.findall(r"dvc exp run -S (data_source=\S+)", docs)
+    assert commands == [f"data_source={PET_IMAGES_URL}"], commands
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(ROOT / "params.yaml", params)
+    apply_overrides(params, commands)
+    assert load_params(params)["data_source"] == PET_IMAGES_URL

@@ -1,21 +1,20 @@
 """Tests of stages/fetch_weights.py: real downloads from loopback HTTP mirrors.
 
 Each test runs the stage as DVC does (`python -m stages.fetch_weights` in a project
-folder) against servers on 127.0.0.1: one that can break a transfer off, honour or
-ignore Range, and logs every request it answers. The "keras" values of weights_urls
-and weights_hash (finetune/sources/keras_weights.py) are tested by calling their resolution: Keras's
-own URLs are on the internet, which the tests never reach.
+folder) against servers on 127.0.0.1 (tests.support.servers.Mirror): one that can break
+a transfer off, honour or ignore Range, and logs every request it answers. The "keras"
+values of weights_urls and weights_hash (finetune/sources/keras_weights.py) are tested by
+calling their resolution: Keras's own URLs are on the internet, which the tests never reach.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import http.server
 import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from finetune.core.params import load_params
 from finetune.sources.keras_weights import published_weights
 from tests.support.commands import assert_stage_error, call_stage
 from tests.support.projects import SMALL_NETWORK, write_params
-from tests.support.servers import closed_port
+from tests.support.servers import Mirror, closed_port
 from tests.support.shared import ROOT
 from tests.support.weights import md5
 
@@ -38,70 +37,12 @@ BODY = os.urandom(1 << 20)  # 1 MiB: several of the stage's 64 KiB chunks
 BODY_MD5 = hashlib.md5(BODY).hexdigest()
 
 
-class Mirror(http.server.ThreadingHTTPServer):
-    """Serves BODY at /NAME (404 elsewhere). `break_after`: the first response sends its
-    headers with the full length, then only that many bytes, and closes the connection.
-    `honour_range`: answer `Range: bytes=N-` with 206, else always 200 and the whole file."""
-
-    def __init__(self, break_after: int | None = None, honour_range: bool = True,
-                 break_every_time: bool = False) -> None:
-        super().__init__(("127.0.0.1", 0), MirrorHandler)
-        self.break_after = break_after
-        self.break_every_time = break_every_time
-        self.honour_range = honour_range
-        self.requests: list[tuple[str, str | None, int]] = []  # (path, Range, status)
-
-    def url(self, name: str = NAME) -> str:
-        return f"http://127.0.0.1:{self.server_port}/{name}"
-
-
-class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    server: Mirror
-
-    def do_GET(self) -> None:
-        mirror = self.server
-        requested = self.headers.get("Range")
-        first = all(path != f"/{NAME}" for path, _, _ in mirror.requests)
-        if self.path != f"/{NAME}":
-            mirror.requests.append((self.path, requested, 404))
-            self.send_error(404)
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", requested or "")
-        if match and mirror.honour_range:
-            start = int(match.group(1))
-        status = 206 if start else 200
-        mirror.requests.append((self.path, requested, status))
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(BODY) - start))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
-        self.end_headers()
-        body = BODY[start:]
-        if mirror.break_after is not None and (first or mirror.break_every_time):
-            body = body[:mirror.break_after]
-        self.wfile.write(body)
-        self.wfile.flush()
-        self.close_connection = True  # closing early is what breaks the transfer off
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def serve() -> Iterator:
-    servers: list[Mirror] = []
-
-    def start(**options) -> Mirror:
-        mirror = Mirror(**options)
-        threading.Thread(target=mirror.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(mirror)
-        return mirror
-
-    yield start
-    for mirror in servers:
-        mirror.shutdown()
-        mirror.server_close()
+    """Start mirrors of BODY at /NAME (tests.support.servers.Mirror's options); all stop
+    at the end of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(Mirror(BODY, NAME, **options))
 
 
 def closed_port_url() -> str:

@@ -50,8 +50,8 @@ def test_a_stage_that_imports_tensorflow_prints_only_its_error(tmp_path, stage):
     result = run_stage(stage, tmp_path, env=env)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: cut_layer: inception_v3 has no layer 'mixed77' ('last' names its output); "
-        "closest: mixed7, mixed9, mixed8, mixed6, mixed5"]
+        "error: cut_layer: InceptionV3 has no layer 'mixed77' ('last' names its output); "
+        "closest: mixed7, mixed9, mixed8, mixed6, mixed5"]  # the backbone as params.yaml says
 
 
 def test_tensorflow_log_shows_when_asked_for(tmp_path):

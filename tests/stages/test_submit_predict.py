@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support.commands import assert_stage_error, call_stage
-from tests.support.photos import gray_png, photo_pixels
+from tests.support.commands import assert_stage_error, call_stage, run_stage
+from tests.support.photos import cut_off_jpegs, gray_png, photo_pixels
 from tests.support.projects import SMALL_NETWORK, Extracted, write_params
 from tests.support.shared import ROOT
 
@@ -301,6 +301,28 @@ def test_predict_mixed_files(tmp_path, model_file, photos):
     assert "3 of 6" in result.stderr
 
 
+def test_predict_says_why_a_cut_off_jpeg_fails_and_nothing_more(tmp_path, model_file, photos):
+    """TensorFlow's decoder writes to fd 2 about a cut-off JPEG ("E0000 ... jpeg_mem.cc:331]
+    Premature end of JPEG data", "Improper call to JPEG library in state 201"), past
+    Python: a real process shows what reaches the terminal (call_stage captures only
+    sys.stderr)."""
+    for name, data in cut_off_jpegs().items():
+        (tmp_path / name).write_bytes(data)
+    shutil.copy(photos[0], tmp_path / "good.jpg")
+    result = run_stage("predict", tmp_path, "--model", str(model_file),
+                       "half.jpg", "good.jpg", "headers.jpg")
+    assert result.returncode == 1, result.stderr
+    printed = parse_predictions(result.stdout)
+    assert list(printed) == ["half.jpg", "good.jpg", "headers.jpg"]
+    for name in cut_off_jpegs():
+        assert printed[name][0] == "error" and "JPEG" in printed[name][1], printed[name]
+    assert printed["good.jpg"][0] in CLASSES
+    # Only our lines: the progress and the count of failures.
+    assert [line.partition(": ")[0] for line in result.stderr.splitlines()] == [
+        "predict", "predict"], result.stderr
+    assert result.stderr.splitlines()[-1] == "predict: 2 of 3 file(s) could not be read as images"
+
+
 def test_predict_matches_model_and_exits_zero(tmp_path, model_file, photos, gray_png):
     chosen = [*photos[:7], gray_png]
     result = call_stage("predict", ROOT, "--model", str(model_file), "--all",
@@ -327,3 +349,20 @@ def test_predict_usage_errors(tmp_path):
     assert no_model.returncode == 2
     assert no_model.stderr.strip().splitlines() == [
         "error: models/model.keras not found: run `dvc repro train`, or pass --model"]
+    not_there = call_stage("predict", tmp_path, "--model", "other.keras", "a.jpg")
+    assert not_there.returncode == 2
+    assert not_there.stderr.strip().splitlines() == ["error: other.keras not found"]
+
+
+def test_predict_without_a_model_offers_the_demos(tmp_path):
+    # After `make demo`, the project has no model of its own (`dvc repro train` needs
+    # Kaggle), but build/demo has one: said as a path to type from here.
+    (tmp_path / "a.jpg").touch()
+    demo_model = tmp_path / "build" / "demo" / "models" / "model.keras"
+    demo_model.parent.mkdir(parents=True)
+    demo_model.touch()
+    result = call_stage("predict", tmp_path, "a.jpg")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: models/model.keras not found: pass --model build/demo/models/model.keras "
+        "(the model `make demo` trained), or run `dvc repro train`"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -118,6 +119,24 @@ def dvc(project: Path, env: dict[str, str], *args: str, ok: bool = True,
         assert result.returncode == 0, (
             f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def charts(project: Path, env: dict[str, str]) -> dict[str, tuple[str, set[str]]]:
+    """What `dvc plots show` draws: each chart's id -> (its title, the files its data
+    comes from); an image's title is ""."""
+    shown = json.loads(dvc(project, env, "plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown["errors"]
+    drawn = {}
+    for plot_id, renders in shown["data"].items():
+        for render in renders:
+            if render["type"] != "vega":
+                drawn[plot_id] = ("", set())
+                continue
+            content = render["content"]
+            values = content["data"]["values"]
+            drawn[plot_id] = (content["title"]["text"],
+                              {row.get("filename", plot_id) for row in values})
+    return drawn
 
 
 def ran_stages(output: str) -> list[str]:

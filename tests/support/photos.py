@@ -113,3 +113,45 @@ def gray_png(photo: Path, path: Path) -> Path:
     with Image.open(photo) as image:
         image.convert("L").save(path, format="PNG")
     return path
+
+
+PET_IMAGES_CLASSES = ("Cat", "Dog")  # capitalised, as in Microsoft's archive
+
+
+def make_pet_images_zip(path: Path, per_class: int) -> list[str]:
+    """A zip in the layout of Microsoft's copy of Kaggle's photos (the archive Keras's
+    "image classification from scratch" example downloads; finetune.sources.web.
+    PET_IMAGES_URL): drawn photos PetImages/Cat/0.jpg ... PetImages/Dog/<per_class - 1>.jpg,
+    and what makes the real one awkward: a Thumbs.db in each class folder, an empty .jpg in
+    each class, a JPEG cut short in Dog, and a readme and a licence (.docx) beside
+    PetImages/. Deflated, as the real one is. The licence is 400 KB of bytes that do not
+    compress (a .docx is a zip itself), so that a transfer of the archive broken off
+    half-way has written whole chunks of the downloader's. Returns the unreadable images,
+    as split_classes lists them ("Cat/12.jpg")."""
+    import zipfile
+
+    unreadable = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("MSR-LA - 3467.docx", random.Random(3467).randbytes(400_000))
+        archive.writestr("readme[1].txt", "The Dogs vs. Cats photos, from Kaggle.\r\n")
+        for label in PET_IMAGES_CLASSES:
+            folder = f"PetImages/{label}"
+            for number in range(per_class):
+                archive.writestr(f"{folder}/{number}.jpg", draw_photo(label.lower(), number))
+            archive.writestr(f"{folder}/Thumbs.db", bytes(range(256)) * 8)
+            archive.writestr(f"{folder}/{per_class}.jpg", b"")
+            unreadable.append(f"{label}/{per_class}.jpg")
+        jpeg = draw_photo("dog", 0)  # seed 0: a colour JPEG (see draw_photo)
+        archive.writestr(f"PetImages/Dog/{per_class + 1}.jpg", jpeg[: len(jpeg) // 2])
+        unreadable.append(f"Dog/{per_class + 1}.jpg")
+    return unreadable
+
+
+def cut_off_jpegs() -> dict[str, bytes]:
+    """Drawn JPEGs cut off as a broken download leaves them, by name. TensorFlow refuses
+    both, and its decoder says so on stderr too, each a different way: "half.jpg" (cut
+    in its pixel data) with its log line "E0000 ... jpeg_mem.cc:331] Premature end of
+    JPEG data. Stopped at line 14/68", "headers.jpg" (cut at 500 bytes) with libjpeg's
+    "Improper call to JPEG library in state 201"."""
+    jpeg = draw_photo("cat", 0)  # seed 0: a colour JPEG of 2,296 bytes (see draw_photo)
+    return {"half.jpg": jpeg[: len(jpeg) // 2], "headers.jpg": jpeg[:500]}

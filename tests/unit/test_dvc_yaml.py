@@ -65,8 +65,12 @@ EXEMPT_FOR_STAGE = {
 UNTRACKED_PATHS = {
     paths.PARAMS_FILE: "DVC reads it itself, key by key, under each stage's `params:`",
     paths.DOWNLOAD_DIR: "scratch: the kaggle client resumes a broken download from it",
+    paths.URL_DOWNLOAD_DIR: "scratch: a data_source URL's partial download, resumed by the "
+                            "next run",
     paths.BACKUP_DIR: "scratch: a killed training resumes from it",
     paths.EXPS_DIR: "DVC's own: where a queued experiment runs its copy of the project",
+    paths.DEMO_DIR: "another project: the offline demo's (scripts/demo.py), which predict "
+                    "offers when this one has no model",
 }
 
 

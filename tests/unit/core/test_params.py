@@ -105,8 +105,16 @@ def test_reference_recipe_is_the_default():
     ("weights_hash", ""),
     ("weights_hash", "md5:bcbd6486424b2319ff4ef7d526e38f63"),
     ("weights_hash", "sha256:" + "0f" * 32),
+    ("data_source", ""),
+    ("data_source", "https://example.com/photos.zip"),
+    ("data_source", "HTTP://127.0.0.1:8000/photos.zip"),
+    ("data_source", "../shared/data/photos"),
+    ("data_source", "/data/my:photos"),  # a colon, no scheme
+    ("data_source_hash", ""),
+    ("data_source_hash", "md5:bcbd6486424b2319ff4ef7d526e38f63"),
+    ("data_source_hash", "sha256:" + "0f" * 32),
 ])
-def test_weights_keys_accept_keras_urls_and_hashes(key: str, value: Any) -> None:
+def test_source_keys_accept_urls_paths_and_hashes(key: str, value: Any) -> None:
     params = load_params(ROOT / "params.yaml")
     params[key] = value
     assert validate_params(params)[key] == value
@@ -130,6 +138,27 @@ def test_bad_weights_values_name_the_accepted_forms(key: str, value: Any) -> Non
     assert "\n" not in message and f"'{key}' must be" in message, message
     forms = (["list of URLs or paths", '"keras"'] if key == "weights_urls"
              else ['"md5:<32 hex digits>"', '"sha256:<64 hex digits>"', '"keras"', '"" to skip'])
+    assert all(form in message for form in forms), message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("data_source", "ftp://example.com/photos.zip"),
+    ("data_source", "s3://bucket/photos.zip"),
+    ("data_source", "file:///data/photos.zip"),
+    ("data_source_hash", "keras"),  # Keras publishes checksums of weights, not of data
+    ("data_source_hash", "md5:bcbd"),
+    ("data_source_hash", "bcbd6486424b2319ff4ef7d526e38f63"),
+])
+def test_bad_data_values_name_the_accepted_forms(key: str, value: Any) -> None:
+    params = load_params(ROOT / "params.yaml")
+    params[key] = value
+    with pytest.raises(StageError) as refused:
+        validate_params(params)
+    message = str(refused.value)
+    assert "\n" not in message and f"'{key}' must be" in message and repr(value) in message
+    forms = (["a path", "an http:// or https:// URL of a zip", '"" to download from Kaggle']
+             if key == "data_source"
+             else ['"md5:<32 hex digits>"', '"sha256:<64 hex digits>"', '"" to skip'])
     assert all(form in message for form in forms), message
 
 

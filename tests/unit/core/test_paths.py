@@ -35,7 +35,7 @@ def test_relative_path_is_the_projects(project, monkeypatch, where, dvc_root):
         monkeypatch.delenv("DVC_ROOT", raising=False)
     else:
         monkeypatch.setenv("DVC_ROOT", str(project if dvc_root == "project" else copy))
-    assert project_path("../photos") == project / "../photos"
+    assert project_path("../photos") == project.parent / "photos"  # normalised
     assert project_path("data/local.zip") == project / "data/local.zip"
 
 
