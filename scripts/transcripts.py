@@ -205,8 +205,10 @@ def copy_demo(baseline: Path, folder: Path) -> Path:
 def shell_env(project: Path) -> dict[str, str]:
     """A user's shell with `.venv` activated, as `make demo` tells them to."""
     venv = ROOT / ".venv"  # what the copies' .venv links to
+    # Not what a user's shell has: pytest's, and make's when this runs under make (a make
+    # in a transcript would say "make[1]: Entering directory").
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTEST", "COV_", "VIRTUAL_ENV"))}
+           if not key.startswith(("PYTEST", "COV_", "VIRTUAL_ENV", "MAKE", "MFLAGS"))}
     return {**env, "PATH": f"{venv / 'bin'}:{env['PATH']}", "VIRTUAL_ENV": str(venv),
             "DVC_NO_ANALYTICS": "1", "TERM": "dumb", "NO_COLOR": "1", "COLUMNS": "120"}
 

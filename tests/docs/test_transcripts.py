@@ -90,7 +90,7 @@ def test_the_documented_transcripts_are_found():
     readme = [[c.line for c in t.commands] for t in found if t.where.startswith("README.md")]
     assert ["make demo"] in readme, readme  # the newcomer's path: the demo, then the workflow
     assert any(commands[:2] == ["dvc exp run -S lr=1e-4",
-                                "dvc metrics diff metrics/evaluate/metrics.json"]
+                                "dvc metrics diff --targets metrics/evaluate/metrics.json"]
                for commands in readme), readme
 
 
