@@ -97,13 +97,14 @@ transcripts: setup
 	$(RUN) python -m scripts.transcripts $(ARGS)
 
 # Every experiment's changed params and headline metrics, within 120 columns, of the DVC
-# project in DIR (this one by default; e.g. `make exps DIR=build/demo` after `make demo`).
+# project in DIR (this one by default; e.g. `make exps DIR=build/demo` after `make demo`);
+# more options of `dvc exp show` with ARGS, e.g. ARGS="--sort-by lr".
 # Module and data deps, the training curves' last values and the per-class scores are left
 # out; `dvc exp show` shows everything.
 DIR ?= .
 EXPS_DROP := ^(Created|Executor|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*\.(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
 exps:
-	@cd '$(DIR)' && $(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4
+	@cd '$(DIR)' && $(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4 $(ARGS)
 
 # The naive reference recipe against the pipeline, timed side by side on the same synthetic
 # photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.
