@@ -15,6 +15,7 @@ held (a live writer: another run, another experiment in the same folder).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -65,7 +66,10 @@ def _locked_scratch(final: Path) -> tuple[int, Path, Path]:
     while True:
         descriptor, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part-lock",
                                             dir=final.parent)
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        # A file system without locks (some FUSE mounts): write all the same; its scratch
+        # is then never removed by another run (see clear_dead_scratch).
+        with contextlib.suppress(OSError):
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         # Another process clearing dead scratch may have taken the new file's lock before
         # this one and removed it: then it names no file, and another name is needed.
         if _names(Path(name), descriptor):
@@ -105,8 +109,8 @@ def clear_dead_scratch(final: Path) -> None:
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer's
+            except OSError:
+                continue  # a live writer's (or no locks here: keep it, it may be live)
             if _names(lock, descriptor):
                 _discard(scratch)
                 lock.unlink(missing_ok=True)
