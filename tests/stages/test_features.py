@@ -237,7 +237,7 @@ def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_
         "raw", "train", "train.json"]
 
 
-@pytest.mark.parametrize("change", ["added", "removed"])
+@pytest.mark.parametrize("change", ["added", "removed", "edited"])
 def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
         tmp_path, sample_dir, mobilenet_random_weights, change):
     # The stages that read data/train depend on data/train.json, not on the folder: a
@@ -248,9 +248,13 @@ def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
     cat = project / "data" / "train" / "cat"
     if change == "added":
         (cat / "cat.99.jpg").write_bytes((cat / "cat.0.jpg").read_bytes())
-    else:
+    elif change == "removed":
         (cat / "cat.1.jpg").unlink()
-    expected = "cat/cat.99.jpg" if change == "added" else "cat/cat.1.jpg"
+    else:  # still a readable JPEG of the same name, but not the one split_classes wrote
+        with (cat / "cat.1.jpg").open("ab") as photo:
+            photo.write(b"edited")
+    expected = {"added": "cat/cat.99.jpg", "removed": "cat/cat.1.jpg",
+                "edited": "cat/cat.1.jpg is "}[change]
     assert_stage_error(call_stage("features", project), "data/train does not match "
                        "data/train.json", expected, "dvc repro -f split_classes")
 
