@@ -73,8 +73,10 @@ def _locked_scratch(final: Path) -> tuple[int, Path, Path]:
         # Another process clearing dead scratch may have taken the new file's lock before
         # this one and removed it: then it names no file, and another name is needed.
         if _names(Path(name), descriptor):
-            random = Path(name).name[len(final.name) + 2:-len(".part-lock")]
-            return descriptor, _scratch(final, random), Path(name)
+            scratch = _scratch(final, Path(name).name[len(final.name) + 2:-len(".part-lock")])
+            if not scratch.exists() and not scratch.is_symlink():
+                return descriptor, scratch, Path(name)
+            Path(name).unlink()  # a name a writer without locks left: draw another
         os.close(descriptor)
 
 

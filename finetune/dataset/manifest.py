@@ -51,7 +51,7 @@ def check_manifest(train_dir: Path, samples: list[Sample], manifest: Path) -> No
     for (path, _), name in zip(samples, found_in_order, strict=True):
         size = Path(path).stat().st_size
         if size != sizes[name]:
-            raise StageError(f"{train_dir} does not match {manifest} ({name} is {size:,} "
+            raise StageError(f"{train_dir} does not match {manifest} ({path} is {size:,} "
                              f"bytes, {manifest} says {sizes[name]:,}): "
                              "run `dvc repro -f split_classes`")
 
