@@ -29,21 +29,23 @@ from finetune.evaluation.mistakes import mistakes_figure
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
 from finetune.model.assembly import trained_part
-from finetune.model.saved import class_probabilities, load_model
+from finetune.model.saved import check_model_classes, class_probabilities, load_model
 
 
 def main() -> None:
     params = load_params()
     from dvclive import Live
 
-    index = read_index(params)
+    index = read_index(params, manifest=TRAIN_MANIFEST)
     # The mistakes grid shows photos of data/train: the ones the features were made of.
     check_manifest(TRAIN_DIR, list_samples(TRAIN_DIR), TRAIN_MANIFEST)
     classes = index["classes"]
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
     configure(params)
-    model = trained_part(load_model(MODEL_FILE))
+    model = load_model(MODEL_FILE)
+    check_model_classes(model, MODEL_FILE, classes)
+    model = trained_part(model)
     probabilities = class_probabilities(predict_rows(
         model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
         params["batch_size"], "evaluate: validation images"))

@@ -30,6 +30,7 @@ from finetune.core.paths import (
     TRAIN_DIR,
     TRAIN_FEATURES,
     TRAIN_MANIFEST,
+    WEIGHTS_FILE,
 )
 from finetune.core.runner import run_main
 from finetune.dataset.competition import (
@@ -45,7 +46,7 @@ from finetune.features.extract import (
     extract_training_images,
     extraction,
 )
-from finetune.features.store import write_index
+from finetune.features.store import weights_fingerprint, write_index
 
 
 def main() -> None:
@@ -59,6 +60,7 @@ def main() -> None:
         infos = images_for_ids(archive, ids) if test_set else []
         with extraction(params) as (shape, extract_rows), \
                 atomic_output(FEATURES_DIR) as staging:
+            weights = weights_fingerprint(WEIGHTS_FILE)  # as loaded: train and read_index check it
             print(f"features: {params['backbone']} up to {params['unfreeze_after']} at "
                   f"{params['image_size']} px: {np.prod(shape):,} values per image {shape}",
                   file=sys.stderr)
@@ -70,7 +72,7 @@ def main() -> None:
             names = [(Path(path).relative_to(TRAIN_DIR).as_posix(), label)
                      for path, label in samples]
             write_index(staging / FEATURES_INDEX.name, params, shape, classes, names, ids,
-                        unreadable)
+                        unreadable, weights)
     test = f"{len(ids):,} test images" if test_set else "no test set"
     print(f"features: wrote {FEATURES_DIR}: {len(samples):,} training images of "
           f"{len(classes)} classes, {test}, {len(unreadable)} unreadable", file=sys.stderr)

@@ -11,12 +11,15 @@ activation by at most 2^-11 of its value, far below what training can tell apart
 (see docs/pipeline.md, "Features").
 
 index.json records what the rows are (the class names, image paths and labels, test
-ids, the unreadable test images) and the params that produced them, so a stage can refuse
-features made for another configuration.
+ids, the unreadable test images), the params that produced them and the weights file's
+size and SHA-256, so a stage run by hand (`python -m stages.train` after an edit: DVC's
+deps do not guard it) can refuse features made for another configuration, of other
+images than data/train.json lists, or with other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -107,17 +110,34 @@ class FeatureFile:
             os.close(descriptor)
 
 
+def weights_fingerprint(weights: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The weights file's size, time and SHA-256. The hash is computed only where the
+    size and time differ from `known` (a fingerprint recorded earlier): `dvc checkout`
+    rewrites the file's time, not its bytes, and reading 90 MB takes a tenth of a second."""
+    stat = weights.stat()
+    if known and [known.get("size"), known.get("mtime_ns")] == [stat.st_size, stat.st_mtime_ns]:
+        return dict(known)
+    with weights.open("rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
+
 def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...], classes: list[str],
-                train: list[Sample], test_ids: list[str], unreadable: dict[str, Any]) -> None:
+                train: list[Sample], test_ids: list[str], unreadable: dict[str, Any],
+                weights: dict[str, Any]) -> None:
+    """index.json; `weights` is the weights file's fingerprint (weights_fingerprint)."""
     index = {"params": {key: params[key] for key in FEATURE_PARAMS}, "shape": list(shape),
              "dtype": DTYPE.name, "classes": classes,
              "train": [[path, label] for path, label in train],
-             "test_ids": test_ids, "test_unreadable": unreadable}
+             "test_ids": test_ids, "test_unreadable": unreadable, "weights": weights}
     path.write_text(json.dumps(index, indent=1) + "\n")
 
 
-def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX) -> dict[str, Any]:
-    """The features' index, checked against the params they must have been made with."""
+def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX, *,
+               manifest: Path | None = None, weights: Path | None = None) -> dict[str, Any]:
+    """The features' index, checked against the params they must have been made with, and,
+    where given, the images `manifest` (data/train.json) lists and the `weights` file: a
+    stage checks what it depends on in dvc.yaml."""
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
@@ -129,10 +149,50 @@ def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX) -> dict[str,
         if made_with.get(key) != params[key]:
             raise StageError(f"the features were made with {key}: {made_with.get(key)!r}, "
                              f"params.yaml has {params[key]!r}: run `dvc repro features`")
-    if "classes" not in index:
+    if "classes" not in index or "weights" not in index:
         raise StageError(f"{path} was made by an older version: run `dvc repro -f features`")
     index["train"] = [(str(path), int(label)) for path, label in index["train"]]
+    if manifest is not None:
+        check_images(index, manifest)
+    if weights is not None:
+        check_weights(index["weights"], weights)
     return index
+
+
+def check_images(index: dict[str, Any], manifest: Path) -> None:
+    """Refuse features of other images, or other classes, than `manifest` lists."""
+    try:
+        listed = json.loads(manifest.read_text())
+        classes, images = listed["classes"], listed["images"]
+        expected = sorted((f"{label}/{name}", number) for number, label in enumerate(classes)
+                          for name, *_ in images[label])
+    except FileNotFoundError:
+        raise StageError(f"{manifest} not found: run `dvc repro split_classes`") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StageError(f"cannot read {manifest} ({error}): run `dvc repro -f split_classes`"
+                         ) from None
+    if index["classes"] != classes:
+        raise StageError(f"the features are of the classes {index['classes']}, {manifest} "
+                         f"lists {classes}: run `dvc repro features`")
+    found = sorted(index["train"])
+    if found != expected:
+        odd = sorted(set(found) ^ set(expected))
+        raise StageError(f"the features are of other images than {manifest} lists (first "
+                         f"difference: {odd[0][0] if odd else 'a repeated image'}): "
+                         "run `dvc repro features`")
+
+
+def check_weights(recorded: dict[str, Any], weights: Path) -> None:
+    """Refuse features made with another weights file than `weights`."""
+    try:
+        current = weights_fingerprint(weights, recorded)
+    except FileNotFoundError:
+        raise StageError(f"{weights} not found: run `dvc repro fetch_weights`") from None
+    if current["sha256"] != recorded.get("sha256"):
+        raise StageError(f"the features were made with another {weights} "
+                         f"(sha256 {str(recorded.get('sha256'))[:12]}…, {recorded.get('size'):,} "
+                         f"bytes; now {current['sha256'][:12]}…, {current['size']:,} bytes): "
+                         "run `dvc repro features`")
 
 
 def predict_rows(trained_part: Any, features: FeatureFile, rows: np.ndarray, batch_size: int,

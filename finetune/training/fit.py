@@ -20,9 +20,9 @@ from finetune.model.assembly import build_model, set_phase, trained_part
 from finetune.training.checkpoints import (
     Checkpoints,
     completed_epochs,
-    fingerprint,
     restore,
     resumable_backup,
+    run_record,
 )
 from finetune.training.determinism import EpochRandomness
 from finetune.training.inputs import TrainingData
@@ -39,7 +39,8 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
     `strategy`, the model is built and trained in its scope, each replica on its share of
     each batch."""
     outputs = outputs or Outputs()  # the project's own paths
-    resuming = resumable_backup(fingerprint(params, data.identity), outputs, strategy is not None)
+    resuming = resumable_backup(run_record(params, data.identity), outputs,
+                                strategy is not None)
     done = completed_epochs(outputs) if resuming else 0
     if resuming:
         print(f"train: resuming the interrupted run after epoch {done}", file=sys.stderr)

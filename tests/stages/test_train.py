@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.commands import (
     assert_stage_error,
     call_stage,
+    run_stage,
     stage_command,
     stage_env,
 )
@@ -139,6 +141,45 @@ def test_a_backup_from_other_params_is_not_resumed(tmp_path, sample_dir, weights
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" not in result.stderr
     assert not stale.exists()
+
+
+class Interrupted(Exception):
+    """Ends a run after an epoch's checkpoint, as a kill would: the backup stays."""
+
+
+def interrupt_after(epochs: int, monkeypatch) -> None:
+    """Make the next in-process training stop once `epochs` epochs are checkpointed."""
+    from finetune.training.checkpoints import Checkpoints
+
+    checkpoint = Checkpoints.on_epoch_end
+
+    def then_stop(self, epoch: int, logs: dict | None = None) -> None:
+        checkpoint(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise Interrupted
+
+    monkeypatch.setattr(Checkpoints, "on_epoch_end", then_stop)
+
+
+def test_a_killed_run_resumes_under_other_execution_params(tmp_path, sample_dir, weights_file,
+                                                           monkeypatch):
+    """threads, cluster and strategy cannot change the weights (EXECUTION_PARAMS): a run
+    killed under one `threads` resumes under another instead of starting from scratch."""
+    project = make_project(tmp_path, sample_dir, weights_file, **INPUTS["features"])
+    with monkeypatch.context() as patch:
+        interrupt_after(2, patch)
+        with pytest.raises(Interrupted):
+            train(project)
+    assert (project / "models/.train-backup/epoch-0002.weights.h5").is_file()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["threads"] != 1
+    params.update(threads=1, cluster_workers=params["cluster_workers"] + 1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # A process of its own: TensorFlow fixes a process's thread pools at its first op.
+    resumed = run_stage("train", project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted run after epoch 2" in resumed.stderr
+    assert "discarding" not in resumed.stderr
 
 
 def validation_loss(project: Path) -> float:
