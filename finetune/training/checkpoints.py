@@ -5,12 +5,16 @@ Every epoch ends with a backup of the weights and the optimizer in models/.train
 from the last completed epoch, with the same batches in the same order, and ends with
 the same metrics as an uninterrupted run. A backup is used only by a run with the same
 params, images and weights (its fingerprint), and deleted once the model is saved.
+
+A non-finite validation loss (a diverged epoch: NaN or inf) is worse than any finite
+one, so such an epoch is never kept as the best.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -44,6 +48,25 @@ def resumable_backup(run_id: str, outputs: Outputs, multi_worker: bool = False) 
     return False
 
 
+def improves(val_loss: float, best: float) -> bool:
+    """True if an epoch's `val_loss` beats `best`: NaN and inf never do (`nan < inf` is
+    False, but min() keeps a leading NaN, so the comparison alone is not enough)."""
+    return math.isfinite(val_loss) and val_loss < best
+
+
+def best_epoch(history: list[float]) -> int | None:
+    """The 1-based epoch of the lowest finite validation loss (the first of equals, as
+    the checkpoint keeps it); None if no epoch has a finite one: training diverged."""
+    finite = [(loss, epoch) for epoch, loss in enumerate(history, 1) if math.isfinite(loss)]
+    return min(finite)[1] if finite else None
+
+
+def best_val_loss(history: list[float]) -> float:
+    """The lowest finite validation loss of `history` (inf if none): a resumed run's bar."""
+    epoch = best_epoch(history)
+    return history[epoch - 1] if epoch is not None else math.inf
+
+
 def save_atomically(model: keras.Model, path: Path) -> None:
     partial = path.with_name(f"partial-{path.name}")  # Keras wants the .weights.h5 ending
     model.save_weights(partial)
@@ -64,7 +87,7 @@ class Checkpoints(keras.callbacks.Callback):
         self.best_val_loss, self.outputs = best_val_loss, outputs
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (logs or {})["val_loss"] < self.best_val_loss:
+        if improves((logs or {})["val_loss"], self.best_val_loss):
             self.best_val_loss = logs["val_loss"]
             save_atomically(self.model, self.outputs.best_weights)
         save_atomically(self.model, self.outputs.backup / f"epoch-{epoch + 1:04d}.weights.h5")
