@@ -53,6 +53,11 @@ def main() -> None:
     remove(FEATURES_DIR)  # a failed run must not leave another configuration's features
     classes, samples = class_names(TRAIN_DIR), list_samples(TRAIN_DIR)
     check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
+    # The split too (unfreeze_after inside a block that cut_layer needs whole): train would
+    # refuse it, after this stage's hours. TensorFlow starts here, after the quick checks.
+    from finetune.model.backbone import check_architecture
+
+    check_architecture(params)
     test_set = has_test_set()
     ids = read_sample_ids() if test_set else []
     with open_test_archive() if test_set else contextlib.nullcontext() as archive:
