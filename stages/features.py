@@ -45,7 +45,7 @@ from finetune.features.extract import (
     extract_training_images,
     extraction,
 )
-from finetune.features.store import write_index
+from finetune.features.store import FeatureFile, write_index
 
 
 def main() -> None:
@@ -74,8 +74,12 @@ def main() -> None:
             # Paths relative to data/train: the features do not care where the folder is.
             names = [(Path(path).relative_to(TRAIN_DIR).as_posix(), label)
                      for path, label in samples]
+            # float16, unless a file had to be float32 (activations beyond float16's range).
+            dtypes = [FeatureFile(staging / name).dtype
+                      for name in (TRAIN_FEATURES.name, TEST_FEATURES.name)
+                      if (staging / name).exists()]
             write_index(staging / FEATURES_INDEX.name, params, shape, classes, names, ids,
-                        unreadable)
+                        unreadable, max(dtypes, key=lambda dtype: dtype.itemsize))
     test = f"{len(ids):,} test images" if test_set else "no test set"
     print(f"features: wrote {FEATURES_DIR}: {len(samples):,} training images of "
           f"{len(classes)} classes, {test}, {len(unreadable)} unreadable", file=sys.stderr)
