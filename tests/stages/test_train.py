@@ -198,6 +198,26 @@ def test_a_diverged_training_fails_in_one_line_and_so_does_the_next_run(
     assert [math.isnan(loss) for loss in logged(project, VAL_LOSS_LOG)] == [True, True]
 
 
+def test_evaluate_refuses_a_model_that_predicts_nan(tmp_path, sample_dir, weights_file):
+    """A NaN model (one saved before diverged training was refused) is one line at
+    evaluate, as at submit, not NaN metrics or a scikit-learn traceback."""
+    import keras
+    import numpy as np
+
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=0, epochs=1,
+                           **INPUTS["features"])
+    assert train(project).returncode == 0
+    model_file = project / "models/model.keras"
+    model = keras.saving.load_model(model_file)
+    head = model.get_layer("head")
+    head.set_weights([np.full_like(weights, np.nan) for weights in head.get_weights()])
+    model.save(model_file)
+    result = call_stage("evaluate", project)
+    assert_stage_error(result, "models/model.keras predicts NaN for 12 of 12 validation "
+                               "images (did training diverge?)")
+    assert not (project / "metrics/evaluate/metrics.json").exists()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"backbone": "ResNet5O"}, "backbone: unknown keras.applications model 'ResNet5O'"),
     ({"cut_layer": "conv_pw_14_relu"}, "cut_layer: "),

@@ -186,9 +186,9 @@ def test_values_beyond_float16_are_stored_in_float32(tmp_path, capsys):
         writer.write(rows)
     writer.close()
     features = FeatureFile(path)
-    assert features.dtype == np.float32
     read = features[np.arange(11)]
-    assert np.isfinite(read).all()
+    assert np.isfinite(read).all(), read
+    assert features.dtype == np.float32
     np.testing.assert_array_equal(read[:5], first.astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(read[5:], np.concatenate([big, third]))
     assert read[5].tolist() == [1, 70000, np.float32(3.14159265)]
@@ -250,5 +250,6 @@ def test_extraction_stores_a_backbone_beyond_float16_in_float32(tmp_path, sample
                    "features") == {}
     features = FeatureFile(tmp_path / "rows.npy")
     read = features[np.arange(5)]
-    assert features.dtype == np.float32 and np.isfinite(read).all()
+    assert np.isfinite(read).all(), read
+    assert features.dtype == np.float32
     assert read[2, 1] > 65504 and read[2, 1] == pytest.approx(1000 * read[2, 0])
