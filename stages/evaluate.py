@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from finetune.core.errors import StageError
 from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
@@ -49,6 +50,11 @@ def main() -> None:
     probabilities = class_probabilities(predict_rows(
         model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
         params["batch_size"], "evaluate: validation images"))
+    if not np.isfinite(probabilities).all():  # scores of NaN would be cached as metrics
+        bad = int((~np.isfinite(probabilities)).any(axis=-1).sum())
+        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(probabilities)} "
+                         "validation images (did training diverge?): check metrics/train and "
+                         "retrain")
     labels = np.array([label for _, label in val_files])
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:

@@ -8,12 +8,16 @@ params, images and weights (its record, in run.json), and deleted once the model
 Execution params (threads, cluster, strategy: finetune.core.params.EXECUTION_PARAMS) are
 not part of the record: they cannot change the weights, so a killed run resumes under
 other ones. A backup that does not match is discarded with one line saying what differs.
+
+A non-finite validation loss (a diverged epoch: NaN or inf) is worse than any finite
+one, so such an epoch is never kept as the best.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -75,6 +79,25 @@ def resumable_backup(record: dict[str, Any], outputs: Outputs,
     return False
 
 
+def improves(val_loss: float, best: float) -> bool:
+    """True if an epoch's `val_loss` beats `best`: NaN and inf never do (`nan < inf` is
+    False, but min() keeps a leading NaN, so the comparison alone is not enough)."""
+    return math.isfinite(val_loss) and val_loss < best
+
+
+def best_epoch(history: list[float]) -> int | None:
+    """The 1-based epoch of the lowest finite validation loss (the first of equals, as
+    the checkpoint keeps it); None if no epoch has a finite one: training diverged."""
+    finite = [(loss, epoch) for epoch, loss in enumerate(history, 1) if math.isfinite(loss)]
+    return min(finite)[1] if finite else None
+
+
+def best_val_loss(history: list[float]) -> float:
+    """The lowest finite validation loss of `history` (inf if none): a resumed run's bar."""
+    epoch = best_epoch(history)
+    return history[epoch - 1] if epoch is not None else math.inf
+
+
 def save_atomically(model: keras.Model, path: Path) -> None:
     partial = path.with_name(f"partial-{path.name}")  # Keras wants the .weights.h5 ending
     model.save_weights(partial)
@@ -95,7 +118,7 @@ class Checkpoints(keras.callbacks.Callback):
         self.best_val_loss, self.outputs = best_val_loss, outputs
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (logs or {})["val_loss"] < self.best_val_loss:
+        if improves((logs or {})["val_loss"], self.best_val_loss):
             self.best_val_loss = logs["val_loss"]
             save_atomically(self.model, self.outputs.best_weights)
         save_atomically(self.model, self.outputs.backup / f"epoch-{epoch + 1:04d}.weights.h5")

@@ -299,3 +299,19 @@ def test_a_killed_run_leaves_nothing_behind_its_rerun(tmp_path, sample_dir,
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(path.name for path in (project / "data").iterdir()) == [
         "features", "raw", "train", "train.json"]
+
+
+def test_unfreeze_after_inside_a_block_fails_before_any_extraction(tmp_path, sample_dir,
+                                                                   mobilenet_random_weights):
+    """A split that train cannot build (ResNet50's conv4_block1_1_relu, whose block's
+    shortcut skips past it to the Add below cut_layer) is refused before the hours of
+    extraction, with the nearest layers it can be."""
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              **{**SMALL_NETWORK, "backbone": "ResNet50", "alpha": 1.0,
+                                 "image_size": 32, "unfreeze_after": "conv4_block1_1_relu",
+                                 "cut_layer": "conv4_block2_out"})
+    result = call_stage("features", project)
+    assert_stage_error(result, "unfreeze_after: ResNet50's 'conv4_block1_1_relu' is inside a "
+                               "block", "conv3_block4_out (before it), conv4_block1_out (after it)")
+    assert "values per image" not in result.stderr  # extraction never started
+    assert not features_dir(project).exists()

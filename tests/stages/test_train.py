@@ -9,6 +9,7 @@ metrics move from epoch to epoch and equal metrics mean something.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -218,6 +219,44 @@ def test_kept_epoch_is_the_best_by_validation_loss(tmp_path, sample_dir, weights
     saved = validation_loss(project)
     assert saved == pytest.approx(losses[best - 1], abs=1e-4), losses
     assert saved != pytest.approx(losses[-1], abs=1e-2)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_a_diverged_training_fails_in_one_line_and_so_does_the_next_run(
+        tmp_path, sample_dir, weights_file, keep):
+    """At lr 1e30 every epoch's validation loss is NaN: no epoch may be kept as the best
+    (nor, with keep: last, the last), nothing is saved, and the backup goes, so the next
+    run does not resume into a crash either: it fails the same way."""
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=0, epochs=2,
+                           lr=1e30, keep=keep, **INPUTS["features"])
+    for _ in range(2):
+        result = train(project)
+        assert_stage_error(result, "training diverged: the validation loss is not finite "
+                                   "in all 2 epochs (last: nan); nothing saved. Lower `lr` "
+                                   "(1e+30) and run again")
+        assert not (project / "models/model.keras").exists()
+        assert not (project / "models/.train-backup").exists()
+    assert [math.isnan(loss) for loss in logged(project, VAL_LOSS_LOG)] == [True, True]
+
+
+def test_evaluate_refuses_a_model_that_predicts_nan(tmp_path, sample_dir, weights_file):
+    """A NaN model (one saved before diverged training was refused) is one line at
+    evaluate, as at submit, not NaN metrics or a scikit-learn traceback."""
+    import keras
+    import numpy as np
+
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=0, epochs=1,
+                           **INPUTS["features"])
+    assert train(project).returncode == 0
+    model_file = project / "models/model.keras"
+    model = keras.saving.load_model(model_file)
+    head = model.get_layer("head")
+    head.set_weights([np.full_like(weights, np.nan) for weights in head.get_weights()])
+    model.save(model_file)
+    result = call_stage("evaluate", project)
+    assert_stage_error(result, "models/model.keras predicts NaN for 12 of 12 validation "
+                               "images (did training diverge?)")
+    assert not (project / "metrics/evaluate/metrics.json").exists()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -1,14 +1,22 @@
-"""finetune.training.checkpoints: which backup is resumed, and the line saying why not."""
+"""finetune.training.checkpoints: which backup is resumed, and the line saying why not;
+a diverged (NaN or inf) epoch is never the best."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from finetune.core.params import EXECUTION_PARAMS
 from finetune.core.paths import WEIGHTS_FILE
-from finetune.training.checkpoints import resumable_backup, run_record
+from finetune.training.checkpoints import (
+    Checkpoints,
+    best_epoch,
+    best_val_loss,
+    resumable_backup,
+    run_record,
+)
 from finetune.training.outputs import Outputs
 
 PARAMS = {"lr": 0.01, "epochs": 2, "threads": 0, "cluster": "", "cluster_workers": 1,
@@ -98,3 +106,38 @@ def test_an_empty_backup_is_replaced_silently(project, capsys):
     killed_run(outputs, run_record(PARAMS, ["a.jpg"]), epochs=0)
     assert not resumable_backup(run_record({**PARAMS, "lr": 1.0}, ["a.jpg"]), outputs)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("history", "best"), [
+    ([0.6, 0.5, 0.4], 3),
+    ([math.nan, 0.5, 0.4], 3),  # min() keeps a leading NaN: it used to pick epoch 1
+    ([0.5, math.nan, 0.6], 1),
+    ([0.5, math.inf, 0.4, 0.4], 3),  # the first of equals, as the checkpoint keeps it
+    ([math.nan, math.inf, math.nan], None),  # diverged: nothing to keep
+])
+def test_a_non_finite_epoch_is_never_the_best(history, best):
+    assert best_epoch(history) == best
+    assert best_val_loss(history) == (history[best - 1] if best else math.inf)
+
+
+class _Model:
+    def save_weights(self, path):
+        Path(path).write_bytes(b"weights")
+
+
+def test_checkpoint_keeps_no_nan_epoch_as_best(tmp_path):
+    """`nan < inf` is False and `nan < 0.5` too, so a NaN epoch writes no best weights;
+    a finite epoch after it does (and is then the one kept)."""
+    outputs = Outputs(tmp_path)
+    outputs.backup.mkdir(parents=True)
+    checkpoints = Checkpoints(math.inf, outputs)
+    checkpoints.set_model(_Model())
+    checkpoints.on_epoch_end(0, {"val_loss": math.nan})
+    assert not outputs.best_weights.exists()
+    checkpoints.on_epoch_end(1, {"val_loss": 0.5})
+    assert outputs.best_weights.exists() and checkpoints.best_val_loss == 0.5
+    outputs.best_weights.unlink()
+    for epoch, loss in ((2, math.nan), (3, math.inf), (4, 0.6)):
+        checkpoints.on_epoch_end(epoch, {"val_loss": loss})
+    assert not outputs.best_weights.exists() and checkpoints.best_val_loss == 0.5
+    assert [path.name for path in outputs.backup.glob("epoch-*")] == ["epoch-0005.weights.h5"]
