@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from finetune.core.errors import StageError
 from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
@@ -29,24 +30,31 @@ from finetune.evaluation.mistakes import mistakes_figure
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
 from finetune.model.assembly import trained_part
-from finetune.model.saved import class_probabilities, load_model
+from finetune.model.saved import check_model_classes, class_probabilities, load_model
 
 
 def main() -> None:
     params = load_params()
     from dvclive import Live
 
-    index = read_index(params)
+    index = read_index(params, manifest=TRAIN_MANIFEST)
     # The mistakes grid shows photos of data/train: the ones the features were made of.
     check_manifest(TRAIN_DIR, list_samples(TRAIN_DIR), TRAIN_MANIFEST)
     classes = index["classes"]
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
     configure(params)
-    model = trained_part(load_model(MODEL_FILE))
+    model = load_model(MODEL_FILE)
+    check_model_classes(model, MODEL_FILE, classes)
+    model = trained_part(model)
     probabilities = class_probabilities(predict_rows(
         model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
         params["batch_size"], "evaluate: validation images"))
+    if not np.isfinite(probabilities).all():  # scores of NaN would be cached as metrics
+        bad = int((~np.isfinite(probabilities)).any(axis=-1).sum())
+        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(probabilities)} "
+                         "validation images (did training diverge?): check metrics/train and "
+                         "retrain")
     labels = np.array([label for _, label in val_files])
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:

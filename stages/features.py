@@ -30,6 +30,7 @@ from finetune.core.paths import (
     TRAIN_DIR,
     TRAIN_FEATURES,
     TRAIN_MANIFEST,
+    WEIGHTS_FILE,
 )
 from finetune.core.runner import run_main
 from finetune.dataset.competition import (
@@ -45,7 +46,7 @@ from finetune.features.extract import (
     extract_training_images,
     extraction,
 )
-from finetune.features.store import write_index
+from finetune.features.store import FeatureFile, weights_fingerprint, write_index
 
 
 def main() -> None:
@@ -53,12 +54,18 @@ def main() -> None:
     remove(FEATURES_DIR)  # a failed run must not leave another configuration's features
     classes, samples = class_names(TRAIN_DIR), list_samples(TRAIN_DIR)
     check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
+    # The split too (unfreeze_after inside a block that cut_layer needs whole): train would
+    # refuse it, after this stage's hours. TensorFlow starts here, after the quick checks.
+    from finetune.model.backbone import check_architecture
+
+    check_architecture(params)
     test_set = has_test_set()
     ids = read_sample_ids() if test_set else []
     with open_test_archive() if test_set else contextlib.nullcontext() as archive:
         infos = images_for_ids(archive, ids) if test_set else []
         with extraction(params) as (shape, extract_rows), \
                 atomic_output(FEATURES_DIR) as staging:
+            weights = weights_fingerprint(WEIGHTS_FILE)  # as loaded: train and read_index check it
             print(f"features: {params['backbone']} up to {params['unfreeze_after']} at "
                   f"{params['image_size']} px: {np.prod(shape):,} values per image {shape}",
                   file=sys.stderr)
@@ -69,8 +76,12 @@ def main() -> None:
             # Paths relative to data/train: the features do not care where the folder is.
             names = [(Path(path).relative_to(TRAIN_DIR).as_posix(), label)
                      for path, label in samples]
+            # float16, unless a file had to be float32 (activations beyond float16's range).
+            dtypes = [FeatureFile(staging / name).dtype
+                      for name in (TRAIN_FEATURES.name, TEST_FEATURES.name)
+                      if (staging / name).exists()]
             write_index(staging / FEATURES_INDEX.name, params, shape, classes, names, ids,
-                        unreadable)
+                        unreadable, weights, max(dtypes, key=lambda dtype: dtype.itemsize))
     test = f"{len(ids):,} test images" if test_set else "no test set"
     print(f"features: wrote {FEATURES_DIR}: {len(samples):,} training images of "
           f"{len(classes)} classes, {test}, {len(unreadable)} unreadable", file=sys.stderr)

@@ -42,7 +42,7 @@ def main() -> None:
         return
     header, column_classes = columns_of(classes)
     configure(params)
-    probability = predict_test_set(params, len(ids))
+    probability = predict_test_set(params, len(ids), classes)
     prior = 1 / len(classes)  # no information: the row costs log(classes), never more
     warn_unreadable(unreadable, prior)
     probability[[ids.index(image_id) for image_id in unreadable]] = prior

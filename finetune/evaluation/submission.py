@@ -35,17 +35,19 @@ def columns_of(classes: list[str]) -> tuple[list[str], list[int]]:
                      f"'label' for two classes or one column per class ({', '.join(classes)})")
 
 
-def predict_test_set(params: dict[str, Any], count: int) -> np.ndarray:
-    """A probability per class for each row of the test features: the model above its
-    frozen part."""
+def predict_test_set(params: dict[str, Any], count: int, classes: list[str]) -> np.ndarray:
+    """A probability per class (`classes`, the features') for each row of the test
+    features: the model above its frozen part."""
     from finetune.model.assembly import trained_part
-    from finetune.model.saved import class_probabilities, load_model
+    from finetune.model.saved import check_model_classes, class_probabilities, load_model
 
     features = FeatureFile(TEST_FEATURES)
     if len(features) != count:
         raise StageError(f"{TEST_FEATURES} has {len(features)} rows for {count} test ids: "
                          "run `dvc repro -f features`")
-    model = trained_part(load_model(MODEL_FILE))
+    model = load_model(MODEL_FILE)
+    check_model_classes(model, MODEL_FILE, classes)
+    model = trained_part(model)
     probability = class_probabilities(predict_rows(model, features, np.arange(count),
                                                    params["batch_size"], "submit: test images"))
     if np.isnan(probability).any():

@@ -10,7 +10,8 @@ and keeps it for the chunks that follow.
 
 The rows are bit-identical to the serial path's (tests/scale/test_dask_features.py): the
 workers decode with the same code (finetune.dataset.decode.decode_batches), run the same model
-on batches of the same size, and round to float16 as FeatureWriter does. Measured with
+on batches of the same size, and round to float16 as FeatureWriter does (or keep
+float32 where float16 cannot hold a chunk's values, as FeatureWriter then does). Measured with
 TensorFlow 2.21 on CPU: neither the thread count (1, 2, 8) nor the batch an image runs
 in changes its activations' bits; turning oneDNN off (TF_ENABLE_ONEDNN_OPTS=0) does, so
 the workers must run the versions and settings this process would (checked below).
@@ -40,7 +41,7 @@ import numpy as np
 from finetune.core.errors import StageError
 from finetune.core.progress import Progress
 from finetune.dataset.image_files import READ_ERRORS
-from finetune.features.store import DTYPE, FEATURE_PARAMS, FeatureWriter
+from finetune.features.store import FEATURE_PARAMS, FeatureWriter, storable
 
 CHUNK_BATCHES = 2  # extraction batches per task: a task's bytes and rows stay small
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: it never waits for the next one
@@ -161,21 +162,23 @@ def prepare(job: Job, weights: bytes) -> tuple[tuple[int, ...], dict[str, str]]:
 
 def extract_chunk(job: Job, weights: bytes, blobs: list[bytes]
                   ) -> tuple[np.ndarray, dict[int, str]]:
-    """float16 rows of the images encoded in `blobs` (zeros for one that cannot be
-    decoded), and why each such image could not, by position in `blobs`: what
-    finetune.features.extract.extract writes and returns for these items."""
+    """float16 rows (float32 if a value does not fit) of the images encoded in `blobs`
+    (zeros for one that cannot be decoded), and why each such image could not, by position
+    in `blobs`: what finetune.features.extract.extract writes and returns for these items."""
     from finetune.dataset.decode import decode_batches
 
     with _BUILD:
         extractor = _extractor_here(job, weights)
         size = int(extractor.input_shape[1])
         shape = tuple(int(n) for n in extractor.output_shape[1:])
-        rows = np.zeros((len(blobs), *shape), dtype=DTYPE)
+        rows = np.zeros((len(blobs), *shape), dtype=np.float32)
         failures: dict[int, str] = {}
         for indices, images in decode_batches(blobs.__getitem__, len(blobs), size, job.batch,
                                               failures):
             rows[indices] = np.asarray(extractor.predict_on_batch(images.astype(np.float32)))
-    return rows, failures
+    # Checked and cast here, as FeatureWriter does: float16 (half the transfer) where the
+    # chunk fits, float32 where it does not; a NaN or inf fails the stage in one line.
+    return storable(rows), failures
 
 
 # --- on the client ------------------------------------------------------------------

@@ -45,6 +45,17 @@ def frozen_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model:
     return frozen_base
 
 
+def trainable_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model | None:
+    """unfreeze_after .. cut_layer, fine-tuned on unfreeze_after's output alone (None when
+    they are the same layer). check_layers has made sure that output is all it needs."""
+    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
+                                 for key in ("unfreeze_after", "cut_layer"))
+    if unfreeze_after == cut_layer:
+        return None
+    return keras.Model(backbone.get_layer(unfreeze_after).output,
+                       backbone.get_layer(cut_layer).output, name="trainable_base")
+
+
 def build_feature_extractor(params: dict[str, Any], weights_file: Path) -> keras.Model:
     """Raw pixels -> preprocessing -> frozen_base: what the features stage caches. It reads
     only the params that change these activations (not cut_layer, the head or training)."""
@@ -66,9 +77,6 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
     load_backbone_weights(backbone, weights_file)
 
     frozen_base = frozen_part(backbone, params)
-    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
-                                 for key in ("unfreeze_after", "cut_layer"))
-    split = backbone.get_layer(unfreeze_after).output
     size = params["image_size"]
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
@@ -77,9 +85,8 @@ def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
         x = augment(x)
     x = preprocessing(params)(x)
     x = frozen_base(x)
-    if unfreeze_after != cut_layer:
-        cut = backbone.get_layer(cut_layer).output
-        trainable_base = keras.Model(split, cut, name="trainable_base")
+    trainable_base = trainable_part(backbone, params)
+    if trainable_base is not None:
         x = trainable_base(x)
     head = build_head(params, len(classes))(x)
     outputs = ClassNames(classes, name="class_names", dtype="float32")(head)

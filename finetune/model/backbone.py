@@ -7,6 +7,7 @@ import difflib
 import functools
 import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,34 +48,61 @@ def _inputs(inbound: Any) -> Iterator[str]:
             yield from _inputs(item)
 
 
-def block_outputs(backbone: keras.Model) -> list[str]:
+@dataclass(frozen=True)
+class Layout:
+    """Where a backbone can be split, read from its config (tenths of a second for a large
+    backbone). `skip_end[name]`: the position of the first operation that takes a tensor
+    from before the layer `name` while lying past it (len(operations) if none): the layers
+    above `name` take only its output as long as they stop below that position."""
+
+    names: tuple[str, ...]  # the layers (not the bare ops of the config), in order
+    position: dict[str, int]  # each layer's position in the config's topological order
+    kind: dict[str, str]  # each layer's class name
+    skip_end: dict[str, int]
+
+    def splits_at(self, unfreeze_after: str, cut_layer: str) -> bool:
+        """True if the part from `unfreeze_after` to `cut_layer` takes only
+        `unfreeze_after`'s output: no connection skips past it to `cut_layer` or below
+        (one going past only to layers above cut_layer does not count: they are dropped)."""
+        return self.skip_end[unfreeze_after] > self.position[cut_layer]
+
+
+def layout(backbone: keras.Model) -> Layout:
+    """The backbone's Layout, from its config."""
+    operations = backbone.get_config()["layers"]  # in topological order
+    position = {operation["name"]: index for index, operation in enumerate(operations)}
+    # For each operation, the first later one taking a tensor from before it: an edge from
+    # i to j sets it for every operation strictly between i and j.
+    skip_end = [len(operations)] * len(operations)
+    for index, operation in enumerate(operations):
+        for source in _inputs(operation["inbound_nodes"]):
+            for between in range(position[source] + 1, index):
+                skip_end[between] = min(skip_end[between], index)
+    names = tuple(layer.name for layer in backbone.layers)
+    return Layout(names, {name: position[name] for name in names},
+                  {name: operations[position[name]]["class_name"] for name in names},
+                  {name: skip_end[position[name]] for name in names})
+
+
+def block_outputs(backbone: keras.Model | Layout) -> list[str]:
     """Layers to cut at: those whose output is all that flows on (no connection skips
     past them, so the network below is whole) and that end a block: MobileNet's
     conv_pw_1_relu, ResNet's conv2_block1_out (not the Add just before it), InceptionV3's
     mixed0. Where none ends a block (VGG's activations are in its convolutions), all of
-    the first kind. Read from the model's config (tenths of a second for a large backbone):
-    for messages only."""
-    operations = backbone.get_config()["layers"]  # in topological order
-    position = {operation["name"]: index for index, operation in enumerate(operations)}
-    # +1 where a connection starts skipping operations, -1 past its last: the running sum
-    # is how many connections skip each operation.
-    skips = [0] * (len(operations) + 1)
-    for index, operation in enumerate(operations):
-        for source in _inputs(operation["inbound_nodes"]):
-            if position[source] + 1 < index:
-                skips[position[source] + 1] += 1
-                skips[index] -= 1
-    layers = {layer.name for layer in backbone.layers}  # not the bare ops of the config
-    cuts: dict[int, str] = {}  # position -> class name
-    skipping = 0
-    for index, operation in enumerate(operations):
-        skipping += skips[index]
-        if (not skipping and operation["name"] in layers
-                and operation["class_name"] != "InputLayer"):  # cut there, nothing is left
-            cuts[index] = operation["class_name"]
-    ends = [operations[index]["name"] for index, kind in cuts.items()
-            if kind in BLOCK_ENDS and cuts.get(index + 1) not in BLOCK_ENDS]
-    return ends or [operations[index]["name"] for index in cuts]
+    the first kind. Read from the model's config: for messages only."""
+    plan = backbone if isinstance(backbone, Layout) else layout(backbone)
+    end = max(plan.position.values()) + 1
+    cuts = [name for name in plan.names  # cut at an InputLayer, nothing is left
+            if plan.skip_end[name] >= end and plan.kind[name] != "InputLayer"]
+    ends = [name for name in cuts if plan.kind[name] in BLOCK_ENDS
+            and not _followed_by_a_cut_block_end(plan, name, cuts)]
+    return ends or cuts
+
+
+def _followed_by_a_cut_block_end(plan: Layout, name: str, cuts: list[str]) -> bool:
+    following = plan.position[name] + 1
+    return any(plan.position[other] == following and plan.kind[other] in BLOCK_ENDS
+               for other in cuts)
 
 
 def _spread(names: list[str]) -> list[str]:
@@ -131,22 +159,27 @@ def build_backbone(params: dict[str, Any]) -> keras.Model:
 
 
 @functools.lru_cache(maxsize=8)
-def _layer_names(backbone: str, alpha: float, image_size: int) -> tuple[str, ...]:
-    """The layer names of the backbone so configured. Cached, since building one takes a
-    second or two: the tests run many stages in one process, each checking its params."""
+def _layout(backbone: str, alpha: float, image_size: int) -> Layout:
+    """The Layout of the backbone so configured. Cached, since building one takes a second
+    or two: the tests run many stages in one process, each checking its params."""
     params = {"backbone": backbone, "alpha": alpha, "image_size": image_size}
-    return tuple(layer.name for layer in build_backbone(params).layers)
+    return layout(build_backbone(params))
 
 
 def check_architecture(params: dict[str, Any]) -> None:
-    """Fail at once on a bad backbone name, image size, alpha or layer name (seconds: no
-    weights are loaded), so no stage downloads or trains for a configuration that cannot work."""
-    names = _layer_names(params["backbone"], params["alpha"], params["image_size"])
-    chosen = [names[-1] if params[key] == LAST_LAYER else params[key]
-              for key in ("unfreeze_after", "cut_layer")]
-    if all(name in names for name in chosen) and names.index(chosen[0]) <= names.index(chosen[1]):
+    """Fail at once on a bad backbone name, image size, alpha, layer name or split (seconds:
+    no weights are loaded), so no stage downloads or trains for a configuration that cannot
+    work."""
+    plan = _layout(params["backbone"], params["alpha"], params["image_size"])
+    names = plan.names
+    unfreeze_after, cut_layer = (names[-1] if params[key] == LAST_LAYER else params[key]
+                                 for key in ("unfreeze_after", "cut_layer"))
+    if (unfreeze_after in names and cut_layer in names
+            and names.index(unfreeze_after) <= names.index(cut_layer)):
+        if not plan.splits_at(unfreeze_after, cut_layer):
+            raise StageError(_inside_a_block(plan, params, unfreeze_after, cut_layer))
         return
-    check_layers(build_backbone(params), params)  # says what is wrong, with the names to use
+    check_layers(build_backbone(params), params, plan=plan)  # says what is wrong, and how
 
 
 def layer_name(backbone: keras.Model, params: dict[str, Any], key: str) -> str:
@@ -155,16 +188,52 @@ def layer_name(backbone: keras.Model, params: dict[str, Any], key: str) -> str:
 
 
 def check_layers(backbone: keras.Model, params: dict[str, Any],
-                 keys: tuple[str, ...] = ("unfreeze_after", "cut_layer")) -> None:
-    """Fail at once, with valid names, if a layer param names no layer of the backbone."""
+                 keys: tuple[str, ...] = ("unfreeze_after", "cut_layer"),
+                 plan: Layout | None = None) -> None:
+    """Fail at once, with valid names, if a layer param names no layer of the backbone, or
+    (with cut_layer) if the layers from unfreeze_after to cut_layer cannot run on
+    unfreeze_after's output alone. `plan`: the backbone's Layout, if known."""
     names = [layer.name for layer in backbone.layers]
     for key in keys:
         if layer_name(backbone, params, key) not in names:
             raise StageError(_unknown_layer(backbone, params, key))
-    if "cut_layer" in keys and (names.index(layer_name(backbone, params, "unfreeze_after"))
-                                > names.index(layer_name(backbone, params, "cut_layer"))):
+    if "cut_layer" not in keys:
+        return
+    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
+                                 for key in ("unfreeze_after", "cut_layer"))
+    if names.index(unfreeze_after) > names.index(cut_layer):
         raise StageError(f"unfreeze_after: '{params['unfreeze_after']}' comes after cut_layer "
                          f"'{params['cut_layer']}'; it must be at or below it")
+    plan = plan or layout(backbone)
+    if not plan.splits_at(unfreeze_after, cut_layer):
+        raise StageError(_inside_a_block(plan, params, unfreeze_after, cut_layer))
+
+
+def _inside_a_block(plan: Layout, params: dict[str, Any], unfreeze_after: str,
+                    cut_layer: str) -> str:
+    """Why `unfreeze_after` cannot split the network below `cut_layer`, with the nearest
+    layers before and after it that can (block outputs where there are some)."""
+    here, cut = plan.position[unfreeze_after], plan.position[cut_layer]
+    valid = [name for name in plan.names if plan.position[name] <= cut
+             and plan.kind[name] != "InputLayer" and plan.splits_at(name, cut_layer)]
+    ends = [name for name in valid if plan.kind[name] in BLOCK_ENDS]
+    before = ([name for name in ends if plan.position[name] < here]
+              or [name for name in valid if plan.position[name] < here])
+    after = ([name for name in ends if plan.position[name] > here]
+             or [name for name in valid if plan.position[name] > here])
+    # Of a run of block ends (ResNet's Add, then its ReLU), the last: the block's output.
+    nearest = [f"{before[-1]} (before it)"] if before else []
+    if after:
+        last = after[0]
+        for name in after[1:]:
+            if plan.position[name] != plan.position[last] + 1:
+                break
+            last = name
+        nearest.append(f"{last} (after it)")
+    return (f"unfreeze_after: {params['backbone']}'s '{params['unfreeze_after']}' is inside "
+            f"a block: a connection skips past it to a layer at or below cut_layer "
+            f"'{params['cut_layer']}', so the fine-tuned part cannot start from its output "
+            f"alone; the nearest layers it can be: {', '.join(nearest)}")
 
 
 def load_backbone_weights(backbone: keras.Model, weights_file: Path) -> None:

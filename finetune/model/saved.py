@@ -46,6 +46,16 @@ def model_class_names(model: keras.Model) -> list[str]:
                      "run `dvc repro -f train`")
 
 
+def check_model_classes(model: keras.Model, model_file: Path, classes: list[str]) -> None:
+    """Refuse a model whose outputs are other classes than the features' (a stage run by
+    hand after the data changed, the model not retrained): its columns would be read as
+    the wrong classes, or there would be one too few."""
+    names = model_class_names(model)
+    if names != classes:
+        raise StageError(f"{model_file} was trained on the classes {names}, the features are "
+                         f"of {classes}: run `dvc repro`")
+
+
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
     """The model's outputs as a probability per class (a column each), float64: a sigmoid's
     single column P(second class) becomes the two columns 1 - p, p."""

@@ -6,6 +6,7 @@ runs it in step (finetune.training.multi_worker); only the chief's files count."
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 from typing import Any
@@ -14,15 +15,18 @@ import keras
 from dvclive import Live
 
 from finetune.core.atomic import atomic_output
+from finetune.core.errors import StageError
 from finetune.core.params import EXECUTION_PARAMS
 from finetune.core.paths import WEIGHTS_FILE
 from finetune.model.assembly import build_model, set_phase, trained_part
 from finetune.training.checkpoints import (
     Checkpoints,
+    best_epoch,
+    best_val_loss,
     completed_epochs,
-    fingerprint,
     restore,
     resumable_backup,
+    run_record,
 )
 from finetune.training.determinism import EpochRandomness
 from finetune.training.inputs import TrainingData
@@ -39,7 +43,8 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
     `strategy`, the model is built and trained in its scope, each replica on its share of
     each batch."""
     outputs = outputs or Outputs()  # the project's own paths
-    resuming = resumable_backup(fingerprint(params, data.identity), outputs, strategy is not None)
+    resuming = resumable_backup(run_record(params, data.identity), outputs,
+                                strategy is not None)
     done = completed_epochs(outputs) if resuming else 0
     if resuming:
         print(f"train: resuming the interrupted run after epoch {done}", file=sys.stderr)
@@ -60,8 +65,8 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
         restore(trainee, done, outputs)
 
     # The best val_loss so far survives a resume in dvclive's log, kept by `persist`.
-    checkpoints = Checkpoints(min(logged_val_losses(outputs), default=float("inf")) if resuming
-                              else float("inf"), outputs)
+    checkpoints = Checkpoints(best_val_loss(logged_val_losses(outputs)) if resuming
+                              else math.inf, outputs)
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in CI logs
     training, validation = data.train, data.validation
     if strategy is not None:  # each replica its share of each batch (see multi_worker)
@@ -90,12 +95,18 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
             fit(max(done, head_epochs), total)
 
         history = logged_val_losses(outputs)[:total]
-        best_epoch = 1 + history.index(min(history))
-        kept_epoch = best_epoch if params["keep"] == "best" else total
+        best = best_epoch(history)  # a NaN or inf epoch is never the best
+        kept_epoch = best if params["keep"] == "best" else total
+        if kept_epoch is None or not math.isfinite(history[kept_epoch - 1]):
+            # The backup goes: it holds the diverged weights and would only resume them.
+            # With the same params a rerun diverges the same way (training is exact), so
+            # the error says what to change.
+            shutil.rmtree(outputs.backup, ignore_errors=True)
+            raise StageError(diverged(params, history, best))
         if kept_epoch != total:
             trainee.load_weights(outputs.best_weights)
         live.summary["kept_epoch"] = kept_epoch
-        live.summary["best_epoch"] = best_epoch
+        live.summary["best_epoch"] = best
 
     # Saved without the optimizer: Adam's moment estimates (twice the trainable
     # weights) only matter to resume training; evaluation and prediction need none.
@@ -105,6 +116,21 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
     shutil.rmtree(outputs.backup)
     print(f"train: saved {outputs.model} from epoch {kept_epoch} of {total} "
           f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)
+
+
+def diverged(params: dict[str, Any], history: list[float], best: int | None) -> str:
+    """The one line that says training diverged (no finite validation loss to keep), and
+    what to try."""
+    rates = f"`lr` ({params['lr']:g})" + (f" or `head_lr` ({params['head_lr']:g})"
+                                         if params["head_epochs"] else "")
+    if best is None:
+        where, other = f"in all {len(history)} epochs (last: {history[-1]})", ""
+    else:  # keep: last, and the last epoch diverged
+        where = (f"in the last epoch, {len(history)} ({history[-1]}), which keep: last keeps "
+                 f"(epoch {best} had {history[best - 1]:.4f})")
+        other = ", or set keep: best"
+    return f"training diverged: the validation loss is not finite {where}; nothing saved. " \
+           f"Lower {rates}{other} and run again"
 
 
 def train_on_cluster(params: dict[str, Any], data: TrainingData, cluster: WorkerRole,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.core.paths import TRAIN_DIR, TRAIN_FEATURES, TRAIN_MANIFEST
+from finetune.core.paths import TRAIN_DIR, TRAIN_FEATURES, TRAIN_MANIFEST, WEIGHTS_FILE
 from finetune.dataset.decode import load_images
 from finetune.dataset.manifest import check_manifest
 from finetune.dataset.split import class_names, labels_of, list_samples, paths_of, split_samples
@@ -32,7 +32,7 @@ class TrainingData:
 
 def feature_data(params: dict[str, Any]) -> TrainingData:
     """The cached activations of the frozen part, read from disk batch by batch."""
-    index = read_index(params)
+    index = read_index(params, manifest=TRAIN_MANIFEST, weights=WEIGHTS_FILE)
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     train_files, val_files = split_samples(index["train"], index["classes"], params["val_split"],
                                            params["seed"])

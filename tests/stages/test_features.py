@@ -22,6 +22,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from PIL import Image
 
 from finetune.core.errors import StageError
 from finetune.features.store import FEATURE_PARAMS, FeatureFile, read_index
-from tests.support.commands import assert_stage_error, call_stage
+from tests.support.commands import assert_stage_error, call_stage, stage_env
 from tests.support.photos import CLASSES, photo_pixels
 from tests.support.projects import (
     EXTRACTED_PER_CLASS,
@@ -39,6 +42,7 @@ from tests.support.projects import (
     Extracted,
     lay_out_project,
     write_params,
+    write_train_manifest,
 )
 from tests.support.shared import ROOT
 
@@ -225,6 +229,9 @@ def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_
                               test_images=2, **SMALL_NETWORK)
     bad = project / "data" / "train" / "dog" / "dog.1.jpg"
     bad.write_bytes(bad.read_bytes()[:300])
+    # Listed as it is now: a changed size alone is refused before any decoding (the
+    # [edited] case below); here the decoder is what finds it.
+    write_train_manifest(project / "data" / "train")
     stale = features_dir(project)
     stale.mkdir()
     (stale / "index.json").write_text("{}")
@@ -234,7 +241,7 @@ def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_
         "raw", "train", "train.json"]
 
 
-@pytest.mark.parametrize("change", ["added", "removed"])
+@pytest.mark.parametrize("change", ["added", "removed", "edited"])
 def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
         tmp_path, sample_dir, mobilenet_random_weights, change):
     # The stages that read data/train depend on data/train.json, not on the folder: a
@@ -245,8 +252,66 @@ def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
     cat = project / "data" / "train" / "cat"
     if change == "added":
         (cat / "cat.99.jpg").write_bytes((cat / "cat.0.jpg").read_bytes())
-    else:
+    elif change == "removed":
         (cat / "cat.1.jpg").unlink()
-    expected = "cat/cat.99.jpg" if change == "added" else "cat/cat.1.jpg"
+    else:  # still a readable JPEG of the same name, but not the one split_classes wrote
+        with (cat / "cat.1.jpg").open("ab") as photo:
+            photo.write(b"edited")
+    expected = {"added": "cat/cat.99.jpg", "removed": "cat/cat.1.jpg",
+                "edited": "cat/cat.1.jpg is "}[change]
     assert_stage_error(call_stage("features", project), "data/train does not match "
                        "data/train.json", expected, "dvc repro -f split_classes")
+
+
+# The features stage, stopped (and then killed) once its training rows are written, in
+# the middle of writing data/features: its scratch folder is then full size.
+STOPPED_FEATURES = """
+import runpy, sys, time
+import finetune.features.extract as extract
+write = extract.extract_training_images
+def write_then_wait(*args, **kwargs):
+    write(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(600)
+extract.extract_training_images = write_then_wait
+runpy.run_module("stages.features", run_name="__main__")
+"""
+
+
+def test_a_killed_run_leaves_nothing_behind_its_rerun(tmp_path, sample_dir,
+                                                      mobilenet_random_weights):
+    """A run killed mid-write (out of memory, a CI timeout) cannot remove its scratch; the
+    next run does, so only the declared outputs remain."""
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              test_images=2, **SMALL_NETWORK)
+    stage = subprocess.Popen([sys.executable, "-c", STOPPED_FEATURES], cwd=project,
+                             env=stage_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert stage.stdout.readline() == "written\n", "the stage failed before writing"
+    finally:
+        stage.send_signal(signal.SIGKILL)
+        stage.wait()
+        stage.stdout.close()
+    left = sorted(path.name for path in (project / "data").iterdir())
+    assert [name for name in left if name.startswith(".features.")], left  # the kill's scratch
+    result = call_stage("features", project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in (project / "data").iterdir()) == [
+        "features", "raw", "train", "train.json"]
+
+
+def test_unfreeze_after_inside_a_block_fails_before_any_extraction(tmp_path, sample_dir,
+                                                                   mobilenet_random_weights):
+    """A split that train cannot build (ResNet50's conv4_block1_1_relu, whose block's
+    shortcut skips past it to the Add below cut_layer) is refused before the hours of
+    extraction, with the nearest layers it can be."""
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
+                              **{**SMALL_NETWORK, "backbone": "ResNet50", "alpha": 1.0,
+                                 "image_size": 32, "unfreeze_after": "conv4_block1_1_relu",
+                                 "cut_layer": "conv4_block2_out"})
+    result = call_stage("features", project)
+    assert_stage_error(result, "unfreeze_after: ResNet50's 'conv4_block1_1_relu' is inside a "
+                               "block", "conv3_block4_out (before it), conv4_block1_out (after it)")
+    assert "values per image" not in result.stderr  # extraction never started
+    assert not features_dir(project).exists()

@@ -19,6 +19,7 @@ comparison.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,12 @@ from PIL import Image
 
 from tests.support.commands import assert_stage_error, call_stage, run_stage
 from tests.support.photos import cut_off_jpegs, gray_png, photo_pixels
-from tests.support.projects import SMALL_NETWORK, Extracted, write_params
+from tests.support.projects import (
+    SMALL_NETWORK,
+    Extracted,
+    write_params,
+    write_train_manifest,
+)
 from tests.support.shared import ROOT
 
 CLASSES = ["cat", "dog"]  # the model's classes, as split_classes names them
@@ -247,6 +253,55 @@ def test_image_without_sample_id_fails(tmp_path, extracted_features, model_file)
     left_out, *ids = extracted_features.ids
     write_sample(project, ids)
     assert_features_refused(project, f"test/{left_out}.jpg", "test.zip")
+
+
+# --- a stage run by hand on inputs that do not go together ---------------------
+# `dvc repro` reruns what a change touches; `python -m stages.NAME` after an edit does
+# not, so the stages compare what they read themselves.
+
+def rename_class(project: Path, old: str, new: str) -> None:
+    """data/train, data/train.json and the features' index with class `old` named `new`,
+    as split_classes and features rerun by hand leave them (the model not retrained)."""
+    (project / "data" / "train" / old).rename(project / "data" / "train" / new)
+    write_train_manifest(project / "data" / "train")
+    index_file = project / "data" / "features" / "index.json"
+    index = json.loads(index_file.read_text())
+    index["classes"] = sorted(new if name == old else name for name in index["classes"])
+    index["train"] = [[path.replace(f"{old}/", f"{new}/", 1), label]
+                      for path, label in index["train"]]
+    index_file.write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "submit"])
+def test_a_model_of_other_classes_than_the_features_is_refused(tmp_path, extracted_features,
+                                                              model_file, stage):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    rename_class(project, "dog", "fox")
+    assert_stage_error(call_stage(stage, project),
+                       "models/model.keras was trained on the classes ['cat', 'dog'], "
+                       "the features are of ['cat', 'fox']: run `dvc repro`")
+
+
+def test_evaluate_refuses_features_of_other_images_than_data_train_json(
+        tmp_path, extracted_features, model_file):
+    project = submit_project(tmp_path / "project", extracted_features, model_file)
+    (project / "data" / "train" / "cat" / "cat.1.jpg").unlink()  # split_classes rerun by hand
+    write_train_manifest(project / "data" / "train")
+    assert_stage_error(call_stage("evaluate", project),
+                       "the features are of other images than data/train.json lists (first "
+                       "difference: cat/cat.1.jpg): run `dvc repro features`")
+
+
+def test_train_refuses_features_of_another_weights_file(tmp_path, extracted_features):
+    project = shutil.copytree(extracted_features.project, tmp_path / "project")
+    write_params(project, **SMALL, head_epochs=0, epochs=1)
+    weights = project / "models" / "backbone_notop.h5"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, another file
+    weights.write_bytes(bytes(data))
+    assert_stage_error(call_stage("train", project), "the features were made with another "
+                       "models/backbone_notop.h5", "run `dvc repro features`")
+    assert not (project / "models" / "model.keras").exists()
 
 
 # --- predict ----------------------------------------------------------------

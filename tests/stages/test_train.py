@@ -9,6 +9,7 @@ metrics move from epoch to epoch and equal metrics mean something.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -16,10 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.commands import (
     assert_stage_error,
     call_stage,
+    run_stage,
     stage_command,
     stage_env,
 )
@@ -141,6 +144,45 @@ def test_a_backup_from_other_params_is_not_resumed(tmp_path, sample_dir, weights
     assert not stale.exists()
 
 
+class Interrupted(Exception):
+    """Ends a run after an epoch's checkpoint, as a kill would: the backup stays."""
+
+
+def interrupt_after(epochs: int, monkeypatch) -> None:
+    """Make the next in-process training stop once `epochs` epochs are checkpointed."""
+    from finetune.training.checkpoints import Checkpoints
+
+    checkpoint = Checkpoints.on_epoch_end
+
+    def then_stop(self, epoch: int, logs: dict | None = None) -> None:
+        checkpoint(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise Interrupted
+
+    monkeypatch.setattr(Checkpoints, "on_epoch_end", then_stop)
+
+
+def test_a_killed_run_resumes_under_other_execution_params(tmp_path, sample_dir, weights_file,
+                                                           monkeypatch):
+    """threads, cluster and strategy cannot change the weights (EXECUTION_PARAMS): a run
+    killed under one `threads` resumes under another instead of starting from scratch."""
+    project = make_project(tmp_path, sample_dir, weights_file, **INPUTS["features"])
+    with monkeypatch.context() as patch:
+        interrupt_after(2, patch)
+        with pytest.raises(Interrupted):
+            train(project)
+    assert (project / "models/.train-backup/epoch-0002.weights.h5").is_file()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["threads"] != 1
+    params.update(threads=1, cluster_workers=params["cluster_workers"] + 1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # A process of its own: TensorFlow fixes a process's thread pools at its first op.
+    resumed = run_stage("train", project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted run after epoch 2" in resumed.stderr
+    assert "discarding" not in resumed.stderr
+
+
 def validation_loss(project: Path) -> float:
     """The saved model's loss on the validation split, computed here from the model file."""
     import keras
@@ -177,6 +219,44 @@ def test_kept_epoch_is_the_best_by_validation_loss(tmp_path, sample_dir, weights
     saved = validation_loss(project)
     assert saved == pytest.approx(losses[best - 1], abs=1e-4), losses
     assert saved != pytest.approx(losses[-1], abs=1e-2)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_a_diverged_training_fails_in_one_line_and_so_does_the_next_run(
+        tmp_path, sample_dir, weights_file, keep):
+    """At lr 1e30 every epoch's validation loss is NaN: no epoch may be kept as the best
+    (nor, with keep: last, the last), nothing is saved, and the backup goes, so the next
+    run does not resume into a crash either: it fails the same way."""
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=0, epochs=2,
+                           lr=1e30, keep=keep, **INPUTS["features"])
+    for _ in range(2):
+        result = train(project)
+        assert_stage_error(result, "training diverged: the validation loss is not finite "
+                                   "in all 2 epochs (last: nan); nothing saved. Lower `lr` "
+                                   "(1e+30) and run again")
+        assert not (project / "models/model.keras").exists()
+        assert not (project / "models/.train-backup").exists()
+    assert [math.isnan(loss) for loss in logged(project, VAL_LOSS_LOG)] == [True, True]
+
+
+def test_evaluate_refuses_a_model_that_predicts_nan(tmp_path, sample_dir, weights_file):
+    """A NaN model (one saved before diverged training was refused) is one line at
+    evaluate, as at submit, not NaN metrics or a scikit-learn traceback."""
+    import keras
+    import numpy as np
+
+    project = make_project(tmp_path, sample_dir, weights_file, head_epochs=0, epochs=1,
+                           **INPUTS["features"])
+    assert train(project).returncode == 0
+    model_file = project / "models/model.keras"
+    model = keras.saving.load_model(model_file)
+    head = model.get_layer("head")
+    head.set_weights([np.full_like(weights, np.nan) for weights in head.get_weights()])
+    model.save(model_file)
+    result = call_stage("evaluate", project)
+    assert_stage_error(result, "models/model.keras predicts NaN for 12 of 12 validation "
+                               "images (did training diverge?)")
+    assert not (project / "metrics/evaluate/metrics.json").exists()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -1,8 +1,10 @@
-"""The feature store (finetune.features.store): .npy files of float16 rows written in
-order and read back by rows, in any order, without loading the file."""
+"""The feature store (finetune.features.store): .npy files of float16 rows (float32 where
+float16 cannot hold them, never NaN or inf) written in order and read back by rows, in any
+order, without loading the file."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -64,15 +66,15 @@ def damage(path: Path, how: str) -> None:
         writer.write(random_rows(4, (8,)))
         writer.close()
         path.write_bytes(path.read_bytes()[:-3])
-    elif how == "float32":
-        np.save(path, random_rows(4, (8,)))
+    elif how == "float64":  # float16 and float32 are feature files (float32: beyond 65504)
+        np.save(path, random_rows(4, (8,)).astype(np.float64))
     elif how == "not npy":
         path.write_bytes(b"id,label\n1,0.5\n")
     elif how != "missing":
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated", "float32", "not npy", "missing"])
+@pytest.mark.parametrize("how", ["truncated", "float64", "not npy", "missing"])
 def test_damaged_feature_file_is_one_line_error(tmp_path, how):
     path = tmp_path / "test.npy"
     damage(path, how)
@@ -169,3 +171,85 @@ def test_feature_file_reads_rows_without_loading_the_file(tmp_path):
     reading, loading = map(float, result.stdout.split())
     assert loading > 150, (reading, loading)  # the measure sees a whole-file read
     assert reading < 50, (reading, loading)  # reading by rows did not: < 50 MiB of 200
+
+
+def test_values_beyond_float16_are_stored_in_float32(tmp_path, capsys):
+    """float16 tops out at 65504: [1, 70000, 3.14159265] used to read back [1, inf,
+    3.140625]. From the first batch float16 cannot hold, the file is float32: the rows
+    before it keep their float16 values exactly, the rest are stored as they came."""
+    shape = (3,)
+    first, third = random_rows(5, shape, seed=1), random_rows(4, shape, seed=2)
+    big = np.array([[1, 70000, 3.14159265], [-2, 0.5, 0]], dtype=np.float32)
+    path = tmp_path / "rows.npy"
+    writer = FeatureWriter(path, 11, shape)
+    for rows in (first, big, third):
+        writer.write(rows)
+    writer.close()
+    features = FeatureFile(path)
+    read = features[np.arange(11)]
+    assert np.isfinite(read).all(), read
+    assert features.dtype == np.float32
+    np.testing.assert_array_equal(read[:5], first.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(read[5:], np.concatenate([big, third]))
+    assert read[5].tolist() == [1, 70000, np.float32(3.14159265)]
+    np.testing.assert_array_equal(np.load(path), read)  # still a standard .npy file
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rows.npy"]
+    assert "an activation of 70000 is beyond float16's range (65504): storing rows.npy in " \
+           "float32" in capsys.readouterr().err
+
+
+def test_rows_that_fit_float16_are_stored_as_before(tmp_path):
+    """The float16 file of finite rows is byte for byte the plain cast under a .npy 2.0
+    header: what the features stage has always written (make demo's metrics unchanged)."""
+    rows = random_rows(9, (2, 3))
+    rows[0, 0, 0] = 65504  # float16's largest: still fits
+    path = tmp_path / "rows.npy"
+    writer = FeatureWriter(path, len(rows), (2, 3))
+    writer.write(rows)
+    writer.close()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "<f2", "fortran_order": False,
+                                                  "shape": rows.shape})
+    assert path.read_bytes() == header.getvalue() + rows.astype(np.float16).tobytes()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_from_the_backbone_is_never_stored(tmp_path, bad):
+    rows = random_rows(6, (4,))
+    rows[3, 2] = rows[5, 0] = bad
+    writer = FeatureWriter(tmp_path / "rows.npy", 10, (4,))
+    writer.write(random_rows(4, (4,)))
+    with pytest.raises(StageError) as error:
+        writer.write(rows)
+    assert str(error.value) == (
+        "the frozen part gives NaN or inf for 2 of 6 images in a batch (the first: row 7): "
+        "nothing is cached. Check the weights file (`dvc repro -f fetch_weights`), and with "
+        "precision: mixed_float16 try float32")
+    assert writer.written == 4
+
+
+def test_extraction_stores_a_backbone_beyond_float16_in_float32(tmp_path, sample_dir):
+    """The extraction loop through the writer, with a backbone whose activations exceed
+    float16's range for one image (VGG with caffe preprocessing can)."""
+    from finetune.features.extract import extract
+
+    class Loud:  # a backbone stand-in: each image's mean pixel, times 1000 for the third
+        input_shape, output_shape = (None, 32, 32, 3), (None, 2)
+
+        def __init__(self):
+            self.seen = 0
+
+        def predict_on_batch(self, images):
+            values = images.mean(axis=(1, 2, 3))[:, None] * np.array([1, 1000], np.float32)
+            values[np.arange(len(images)) + self.seen != 2, 1] /= 1000
+            self.seen += len(images)
+            return values.astype(np.float32)
+
+    photos = sorted((sample_dir / "train").glob("*.jpg"))[:5]
+    assert extract(Loud(), lambda i: photos[i].read_bytes(), 5, tmp_path / "rows.npy",
+                   "features") == {}
+    features = FeatureFile(tmp_path / "rows.npy")
+    read = features[np.arange(5)]
+    assert np.isfinite(read).all(), read
+    assert features.dtype == np.float32
+    assert read[2, 1] > 65504 and read[2, 1] == pytest.approx(1000 * read[2, 0])

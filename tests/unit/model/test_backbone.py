@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 
 from finetune.core.errors import StageError
-from finetune.model.assembly import build_model
-from finetune.model.backbone import block_outputs, build_backbone
+from finetune.model.assembly import build_model, trainable_part
+from finetune.model.backbone import (
+    block_outputs,
+    build_backbone,
+    check_architecture,
+    check_layers,
+)
 from tests.support.networks import CLASSES, SIZE, mobilenet_params
 from tests.support.weights import write_legacy_weights
 
@@ -103,6 +108,60 @@ def test_unfreeze_after_above_cut_layer_is_refused(random_mobilenet_file):
     params = mobilenet_params(cut_layer="conv_pw_11_relu", unfreeze_after="conv_pw_13_relu")
     with pytest.raises(StageError, match=r"^unfreeze_after: .* must be at or below it"):
         build_model(params, random_mobilenet_file, fine_tune=True, classes=CLASSES)
+
+
+def resnet_params(**overrides: object) -> dict:
+    return mobilenet_params(backbone="ResNet50", alpha=1.0, image_size=32, **overrides)
+
+
+def test_unfreeze_after_inside_a_residual_block_is_refused_before_anything_runs():
+    """The shortcut of conv4_block1 skips past conv4_block1_1_relu to the block's Add, below
+    cut_layer: the fine-tuned part would need more than unfreeze_after's output, which Keras
+    found only when train built it (`Output with path '' is not connected to 'inputs'`)."""
+    params = resnet_params(unfreeze_after="conv4_block1_1_relu", cut_layer="conv4_block2_out")
+    with pytest.raises(StageError) as error:
+        check_architecture(params)
+    assert str(error.value) == (
+        "unfreeze_after: ResNet50's 'conv4_block1_1_relu' is inside a block: a connection "
+        "skips past it to a layer at or below cut_layer 'conv4_block2_out', so the fine-tuned "
+        "part cannot start from its output alone; the nearest layers it can be: "
+        "conv3_block4_out (before it), conv4_block1_out (after it)")
+    with pytest.raises(StageError, match="is inside a block"):  # the check the model build runs
+        check_layers(build_backbone(params), params)
+    # A skip past it only to layers above cut_layer does not count: they are dropped.
+    check_architecture(resnet_params(unfreeze_after="conv4_block1_1_relu",
+                                     cut_layer="conv4_block1_2_relu"))
+
+
+def test_every_mobilenet_layer_can_be_unfreeze_after():
+    """MobileNet is a chain: no connection skips a layer, so every split is valid."""
+    names = [layer.name for layer in build_backbone(mobilenet_params()).layers]
+    for name in names[1:]:
+        check_architecture(mobilenet_params(unfreeze_after=name, cut_layer="last"))
+
+
+def test_the_check_accepts_exactly_the_splits_keras_can_build():
+    """For a sample of ResNet50's layers as unfreeze_after and cut_layer: the check accepts
+    a split if and only if finetune.model.assembly can build its fine-tuned part."""
+    backbone = build_backbone(resnet_params())
+    names = [layer.name for layer in backbone.layers]
+    # Residual blocks of both kinds (conv4_block1 has a projection shortcut, conv4_block2 an
+    # identity one); cuts low in the network keep the parts Keras builds small.
+    cuts = ["conv2_block1_2_relu", "conv3_block1_out", "conv4_block1_add", "conv4_block2_out"]
+    accepted = refused = 0
+    for cut_layer in cuts:
+        for unfreeze_after in names[1:names.index(cut_layer) + 1:3]:
+            params = resnet_params(unfreeze_after=unfreeze_after, cut_layer=cut_layer)
+            try:
+                check_architecture(params)
+            except StageError:
+                refused += 1
+                with pytest.raises(ValueError, match="not connected"):
+                    trainable_part(backbone, params)
+            else:
+                accepted += 1
+                trainable_part(backbone, params)
+    assert accepted > 5 and refused > 5, (accepted, refused)  # both kinds were tried
 
 
 def test_image_size_below_the_backbone_minimum_is_refused():

@@ -1,0 +1,96 @@
+"""The features' index (finetune.features.store.read_index): features that are not those
+of data/train.json's images, or of the weights file, are refused, as DVC's deps would
+refuse them under `dvc repro`, when a stage runs by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from finetune.core.errors import StageError
+from finetune.features.store import FEATURE_PARAMS, read_index, weights_fingerprint, write_index
+
+PARAMS = {key: f"value of {key}" for key in FEATURE_PARAMS}
+IMAGES = {"cat": ["cat.0.jpg", "cat.1.jpg"], "dog": ["dog.0.jpg"]}
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """index.json of the features of IMAGES made with weights.h5, and data/train.json."""
+    (tmp_path / "weights.h5").write_bytes(b"weights" * 1000)
+    write_manifest(tmp_path, IMAGES)
+    train = [(f"{label}/{name}", number) for number, label in enumerate(IMAGES)
+             for name in IMAGES[label]]
+    write_index(tmp_path / "index.json", PARAMS, (2, 2, 8), list(IMAGES), train, [], {},
+                weights_fingerprint(tmp_path / "weights.h5"))
+    return tmp_path
+
+
+def write_manifest(project: Path, images: dict[str, list[str]]) -> None:
+    listed = {label: [[name, 100, 0] for name in names] for label, names in images.items()}
+    (project / "train.json").write_text(json.dumps({"classes": list(images), "images": listed}))
+
+
+def read(project: Path) -> dict:
+    return read_index(PARAMS, project / "index.json", manifest=project / "train.json",
+                      weights=project / "weights.h5")
+
+
+def test_the_features_of_the_listed_images_and_weights_are_read(project):
+    assert read(project)["classes"] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(("images", "named"), [
+    ({"cat": ["cat.0.jpg"], "dog": ["dog.0.jpg"]}, "cat/cat.1.jpg"),
+    ({**IMAGES, "dog": ["dog.0.jpg", "dog.7.jpg"]}, "dog/dog.7.jpg"),
+])
+def test_features_of_other_images_than_the_manifest_lists_are_refused(project, images, named):
+    write_manifest(project, images)  # split_classes rerun by hand, features not
+    with pytest.raises(StageError, match=rf"^the features are of other images than "
+                                         rf".*train.json lists \(first difference: {named}\): "
+                                         r"run `dvc repro features`$"):
+        read(project)
+
+
+def test_features_of_other_classes_than_the_manifest_lists_are_refused(project):
+    write_manifest(project, {"cat": IMAGES["cat"], "fox": IMAGES["dog"]})
+    with pytest.raises(StageError, match=r"^the features are of the classes \['cat', 'dog'\], "
+                                         r".*train.json lists \['cat', 'fox'\]: "
+                                         r"run `dvc repro features`$"):
+        read(project)
+
+
+def test_features_of_other_weights_are_refused(project):
+    """Same size, other bytes: the hash tells, not the size."""
+    weights = project / "weights.h5"
+    weights.write_bytes(b"WEIGHTS" * 1000)
+    with pytest.raises(StageError, match=r"^the features were made with another .*weights.h5 "
+                                         r"\(sha256 \w{12}…, 7,000 bytes; now \w{12}…, 7,000 "
+                                         r"bytes\): run `dvc repro features`$"):
+        read(project)
+
+
+def test_weights_with_a_new_time_and_the_same_bytes_pass(project):
+    """`dvc checkout` rewrites the file and its time, not its bytes."""
+    weights = project / "weights.h5"
+    weights.write_bytes(weights.read_bytes())
+    os.utime(weights, ns=(1, 1))
+    assert read(project)["classes"] == ["cat", "dog"]
+
+
+def test_checks_not_asked_for_are_not_made(project):
+    """submit depends on neither data/train.json nor the weights file (dvc.yaml)."""
+    (project / "train.json").unlink()
+    (project / "weights.h5").unlink()
+    assert read_index(PARAMS, project / "index.json")["classes"] == ["cat", "dog"]
+
+
+def test_an_index_without_the_weights_fingerprint_is_refused(project):
+    index = json.loads((project / "index.json").read_text())
+    del index["weights"]
+    (project / "index.json").write_text(json.dumps(index))
+    with pytest.raises(StageError, match="made by an older version: run `dvc repro -f features`"):
+        read(project)
