@@ -278,6 +278,7 @@ runpy.run_module("stages.features", run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a stage process started and killed (tests/unit/core/test_atomic.py: fast)
 def test_a_killed_run_leaves_nothing_behind_its_rerun(tmp_path, sample_dir,
                                                       mobilenet_random_weights):
     """A run killed mid-write (out of memory, a CI timeout) cannot remove its scratch; the
