@@ -56,8 +56,10 @@ def main() -> None:
     check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
     # The split too (unfreeze_after inside a block that cut_layer needs whole): train would
     # refuse it, after this stage's hours. TensorFlow starts here, after the quick checks.
+    from finetune.core.runtime import configure
     from finetune.model.backbone import check_architecture
 
+    configure(params)  # before the check's first op: TensorFlow's thread pools are fixed then
     check_architecture(params)
     test_set = has_test_set()
     ids = read_sample_ids() if test_set else []

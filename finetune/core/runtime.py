@@ -19,7 +19,11 @@ def configure(params: dict[str, Any]) -> None:
     import keras
     import tensorflow as tf
 
-    if params["threads"]:
+    threading = tf.config.threading
+    # Set already (a stage that configures before its checks, then runs the network): keep.
+    if params["threads"] and (threading.get_intra_op_parallelism_threads(),
+                              threading.get_inter_op_parallelism_threads()) != (
+                                  params["threads"], params["threads"]):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(params["threads"])
             tf.config.threading.set_inter_op_parallelism_threads(params["threads"])
