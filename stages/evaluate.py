@@ -4,7 +4,8 @@ It runs the layers above the frozen part on the validation images' cached activa
 (data/features): the same split, by path, as train's. Writes metrics/evaluate/metrics.json
 (accuracy, log loss, ROC AUC, per-class precision/recall/F1 and their macro average) and
 plot data for a confusion matrix, ROC and precision-recall curves, plus a grid of the most
-confident mistakes, all through dvclive (finetune.evaluation).
+confident mistakes, all through dvclive, and every image's prediction to
+metrics/evaluate/predictions.csv (finetune.evaluation).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
     MODEL_FILE,
+    PREDICTIONS_FILE,
     TRAIN_DIR,
     TRAIN_FEATURES,
     TRAIN_MANIFEST,
@@ -25,8 +27,15 @@ from finetune.core.paths import (
 from finetune.core.runner import run_main
 from finetune.core.runtime import configure
 from finetune.dataset.manifest import check_manifest
-from finetune.dataset.split import list_samples, paths_of, split_samples
+from finetune.dataset.split import (
+    list_samples,
+    paths_of,
+    split_samples,
+    train_only_classes,
+    train_only_note,
+)
 from finetune.evaluation.mistakes import mistakes_figure
+from finetune.evaluation.predictions import write_predictions
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
 from finetune.model.assembly import trained_part
@@ -43,6 +52,7 @@ def main() -> None:
     classes = index["classes"]
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
+    train_only = train_only_classes(index["train"], classes, params["val_split"])
     configure(params)
     model = load_model(MODEL_FILE)
     check_model_classes(model, MODEL_FILE, classes)
@@ -58,12 +68,15 @@ def main() -> None:
     labels = np.array([label for _, label in val_files])
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        log_scores(live, labels, probabilities, classes)
+        log_scores(live, labels, probabilities, classes, train_only)
         photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
         live.log_image("mistakes.png", mistakes_figure(photos, labels, probabilities, classes))
         summary = headline(live.summary)
+    write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}",
           file=sys.stderr)
+    if train_only:
+        print(f"evaluate: {train_only_note(train_only, params['val_split'])}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Two classes are scored as the competition does, on P(second class) (P(dog)). Mor
 scored on the probability of each class: the multi-class log loss, one-vs-rest ROC AUC
 averaged over the classes (macro), and ROC and precision-recall curves of every (image,
 class) pair pooled one-vs-rest (the micro average), so the plots keep one curve each.
+
+A class with no validation image (too few images to hold one out: it trains only, see
+finetune.dataset.split.held_out_count) has no scores of its own, and the macro averages
+are over the classes scored; metrics.json lists it under `train_only` with its image count.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ HEADLINE = ("accuracy", "log_loss", "roc_auc")  # what the stage prints
 DIGITS = 6  # of the printed scores: the metrics file keeps every digit
 
 
-def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
-               ) -> None:
+def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
+               train_only: dict[str, int] | None = None) -> None:
     """Accuracy, log loss, ROC AUC and per-class precision/recall/F1, with their plots, from
-    a probability per class (a column each)."""
+    a probability per class (a column each); `train_only`: the classes with no validation
+    image, and their image counts."""
     from sklearn import metrics
 
     predicted = probabilities.argmax(axis=1)
     every_label = list(range(len(classes)))
+    scored = sorted({int(label) for label in labels})
     live.log_metric("images", len(labels), plot=False)
     live.log_metric("accuracy", metrics.accuracy_score(labels, predicted), plot=False)
     if len(classes) == 2:  # on P(second class), the competition's way
@@ -36,18 +42,24 @@ def log_scores(live: Any, labels: np.ndarray, probabilities: np.ndarray, classes
         # which scikit-learn checks (and warns about): renormalise them in float64.
         rows = probabilities / probabilities.sum(axis=1, keepdims=True)
         log_loss = metrics.log_loss(labels, rows, labels=every_label)
-        roc_auc = metrics.roc_auc_score(labels, probabilities, multi_class="ovr",
-                                        average="macro", labels=every_label)
+        if len(scored) == len(classes):
+            roc_auc = metrics.roc_auc_score(labels, probabilities, multi_class="ovr",
+                                            average="macro", labels=every_label)
+        else:  # scikit-learn's one-vs-rest needs every class among the labels
+            roc_auc = float(np.mean([metrics.roc_auc_score(labels == label, probabilities[:, label])
+                                     for label in scored]))
     live.log_metric("log_loss", log_loss, plot=False)
     live.log_metric("roc_auc", roc_auc, plot=False)
     precision, recall, f1, _ = metrics.precision_recall_fscore_support(
-        labels, predicted, labels=every_label, zero_division=0)
-    for index, name in enumerate(classes):
-        live.log_metric(f"{name}/precision", precision[index], plot=False)
-        live.log_metric(f"{name}/recall", recall[index], plot=False)
-        live.log_metric(f"{name}/f1", f1[index], plot=False)
+        labels, predicted, labels=scored, zero_division=0)
+    for index, label in enumerate(scored):
+        live.log_metric(f"{classes[label]}/precision", precision[index], plot=False)
+        live.log_metric(f"{classes[label]}/recall", recall[index], plot=False)
+        live.log_metric(f"{classes[label]}/f1", f1[index], plot=False)
     for key, values in (("precision", precision), ("recall", recall), ("f1", f1)):
         live.log_metric(f"macro/{key}", float(np.mean(values)), plot=False)
+    for name, images in (train_only or {}).items():
+        live.log_metric(f"train_only/{name}", images, plot=False)
 
     live.log_sklearn_plot("confusion_matrix", [classes[i] for i in labels],
                           [classes[i] for i in predicted], name="confusion_matrix.json")

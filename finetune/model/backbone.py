@@ -115,18 +115,17 @@ def _spread(names: list[str]) -> list[str]:
     return [names[0], names[-1]] if len(names) > 1 else names
 
 
-def _unknown_layer(backbone: keras.Model, params: dict[str, Any], key: str) -> str:
+def _unknown_layer(plan: Layout, params: dict[str, Any], key: str) -> str:
     """Why the layer param `key` fails: the backbone named as params.yaml names it (not
     Keras's 'mobilenet_0.25_224'), and the valid names closest to the value or, where
     none is close, the backbone's block outputs."""
     value = params[key]
     message = (f"{key}: {params['backbone']} has no layer '{value}' ('{LAST_LAYER}' names "
                "its output); ")
-    close = difflib.get_close_matches(value, [layer.name for layer in backbone.layers],
-                                      n=5, cutoff=0.5)
+    close = difflib.get_close_matches(value, list(plan.names), n=5, cutoff=0.5)
     if close:
         return message + f"closest: {', '.join(close)}"
-    outputs = block_outputs(backbone)
+    outputs = block_outputs(plan)
     if len(outputs) == 1:
         return message + f"its one block output is {outputs[0]}"
     return message + f"its {len(outputs)} block outputs include {', '.join(_spread(outputs))}"
@@ -170,41 +169,37 @@ def check_architecture(params: dict[str, Any]) -> None:
     """Fail at once on a bad backbone name, image size, alpha, layer name or split (seconds:
     no weights are loaded), so no stage downloads or trains for a configuration that cannot
     work."""
-    plan = _layout(params["backbone"], params["alpha"], params["image_size"])
-    names = plan.names
-    unfreeze_after, cut_layer = (names[-1] if params[key] == LAST_LAYER else params[key]
-                                 for key in ("unfreeze_after", "cut_layer"))
-    if (unfreeze_after in names and cut_layer in names
-            and names.index(unfreeze_after) <= names.index(cut_layer)):
-        if not plan.splits_at(unfreeze_after, cut_layer):
-            raise StageError(_inside_a_block(plan, params, unfreeze_after, cut_layer))
-        return
-    check_layers(build_backbone(params), params, plan=plan)  # says what is wrong, and how
+    check_split(_layout(params["backbone"], params["alpha"], params["image_size"]), params)
 
 
-def layer_name(backbone: keras.Model, params: dict[str, Any], key: str) -> str:
+def layer_name(backbone: keras.Model | Layout, params: dict[str, Any], key: str) -> str:
     """The backbone layer that the layer param `key` names (`last`: its output layer)."""
-    return backbone.layers[-1].name if params[key] == LAST_LAYER else params[key]
+    if params[key] != LAST_LAYER:
+        return params[key]
+    return backbone.names[-1] if isinstance(backbone, Layout) else backbone.layers[-1].name
 
 
 def check_layers(backbone: keras.Model, params: dict[str, Any],
-                 keys: tuple[str, ...] = ("unfreeze_after", "cut_layer"),
-                 plan: Layout | None = None) -> None:
+                 keys: tuple[str, ...] = ("unfreeze_after", "cut_layer")) -> None:
+    """check_split on a backbone already built."""
+    check_split(layout(backbone), params, keys)
+
+
+def check_split(plan: Layout, params: dict[str, Any],
+                keys: tuple[str, ...] = ("unfreeze_after", "cut_layer")) -> None:
     """Fail at once, with valid names, if a layer param names no layer of the backbone, or
     (with cut_layer) if the layers from unfreeze_after to cut_layer cannot run on
-    unfreeze_after's output alone. `plan`: the backbone's Layout, if known."""
-    names = [layer.name for layer in backbone.layers]
+    unfreeze_after's output alone."""
     for key in keys:
-        if layer_name(backbone, params, key) not in names:
-            raise StageError(_unknown_layer(backbone, params, key))
+        if layer_name(plan, params, key) not in plan.position:
+            raise StageError(_unknown_layer(plan, params, key))
     if "cut_layer" not in keys:
         return
-    unfreeze_after, cut_layer = (layer_name(backbone, params, key)
+    unfreeze_after, cut_layer = (layer_name(plan, params, key)
                                  for key in ("unfreeze_after", "cut_layer"))
-    if names.index(unfreeze_after) > names.index(cut_layer):
+    if plan.names.index(unfreeze_after) > plan.names.index(cut_layer):
         raise StageError(f"unfreeze_after: '{params['unfreeze_after']}' comes after cut_layer "
                          f"'{params['cut_layer']}'; it must be at or below it")
-    plan = plan or layout(backbone)
     if not plan.splits_at(unfreeze_after, cut_layer):
         raise StageError(_inside_a_block(plan, params, unfreeze_after, cut_layer))
 

@@ -14,7 +14,16 @@ import numpy as np
 from finetune.core.paths import TRAIN_DIR, TRAIN_FEATURES, TRAIN_MANIFEST, WEIGHTS_FILE
 from finetune.dataset.decode import load_images
 from finetune.dataset.manifest import check_manifest
-from finetune.dataset.split import class_names, labels_of, list_samples, paths_of, split_samples
+from finetune.dataset.split import (
+    Sample,
+    class_names,
+    labels_of,
+    list_samples,
+    paths_of,
+    split_samples,
+    train_only_classes,
+    train_only_note,
+)
 from finetune.features.store import FeatureFile, read_index
 from finetune.training.batches import Batches, EpochBatches
 
@@ -28,14 +37,23 @@ class TrainingData:
     identity: list  # for the backup's fingerprint
     on_features: bool  # inputs are frozen_base's activations, not pixels
     classes: list[str]  # label i is classes[i]
+    validation_paths: list[str]  # the images held out, under TRAIN_DIR, in validation's order
+
+
+def split(samples: list[Sample], classes: list[str], params: dict[str, Any]
+          ) -> tuple[list[Sample], list[Sample]]:
+    """split_samples, saying which classes train only (too small to hold an image out)."""
+    train_only = train_only_classes(samples, classes, params["val_split"])
+    if train_only:
+        print(f"train: {train_only_note(train_only, params['val_split'])}", file=sys.stderr)
+    return split_samples(samples, classes, params["val_split"], params["seed"])
 
 
 def feature_data(params: dict[str, Any]) -> TrainingData:
     """The cached activations of the frozen part, read from disk batch by batch."""
     index = read_index(params, manifest=TRAIN_MANIFEST, weights=WEIGHTS_FILE)
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
-    train_files, val_files = split_samples(index["train"], index["classes"], params["val_split"],
-                                           params["seed"])
+    train_files, val_files = split(index["train"], index["classes"], params)
     features = FeatureFile(TRAIN_FEATURES)
     train_rows = np.array([row_of[path] for path, _ in train_files])
     val_rows = np.array([row_of[path] for path, _ in val_files])
@@ -47,14 +65,14 @@ def feature_data(params: dict[str, Any]) -> TrainingData:
         train=EpochBatches(features, train_rows, labels_of(train_files), batch, params["seed"]),
         validation=Batches(features, val_rows, labels_of(val_files), batch),
         identity=[paths_of(train_files), stat.st_size, stat.st_mtime_ns],
-        on_features=True, classes=index["classes"])
+        on_features=True, classes=index["classes"], validation_paths=paths_of(val_files))
 
 
 def pixel_data(params: dict[str, Any]) -> TrainingData:
     """Every image decoded once into memory, for the whole model to train on."""
     samples, classes = list_samples(TRAIN_DIR), class_names(TRAIN_DIR)
     check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
-    train_files, val_files = split_samples(samples, classes, params["val_split"], params["seed"])
+    train_files, val_files = split(samples, classes, params)
     size = params["image_size"]
     train_images = load_images(paths_of(train_files), size, "train: decoding training images")
     val_images = load_images(paths_of(val_files), size, "train: decoding validation images")
@@ -64,4 +82,6 @@ def pixel_data(params: dict[str, Any]) -> TrainingData:
         validation=Batches(val_images, np.arange(len(val_images)), labels_of(val_files),
                            params["batch_size"]),
         identity=[[path, Path(path).stat().st_size] for path, _ in train_files],
-        on_features=False, classes=classes)
+        on_features=False, classes=classes,
+        validation_paths=[Path(path).relative_to(TRAIN_DIR).as_posix()
+                          for path in paths_of(val_files)])

@@ -22,6 +22,7 @@ import pytest
 from scripts.demo import SUMMARY
 from tests.support.commands import charts, dvc, ran_stages
 from tests.support.photos import DRAWN_CLASSES, DRAWN_PER_CLASS
+from tests.support.scores import assert_evaluation_is_sound
 from tests.support.shared import ROOT
 
 # With `make test`'s two processes, in the one that makes the shared class-folder run.
@@ -65,6 +66,11 @@ def test_the_model_is_a_softmax_over_the_classes_and_names_them(pipeline):
     assert model_class_names(model) == CLASSES
     assert model.output_shape == (None, len(CLASSES))
     assert model.get_layer("head").layers[-1].get_config()["activation"] == "softmax"
+
+
+def test_evaluate_scores_the_held_out_images_with_every_score_its_definition(pipeline):
+    project, _, _ = pipeline
+    assert_evaluation_is_sound(project)
 
 
 def test_evaluation_scores_every_class(pipeline):

@@ -21,6 +21,7 @@ import yaml
 from scripts.demo import copy_project
 from tests.support.commands import charts, dvc, ran_stages, stage_env
 from tests.support.kaggle_server import KaggleServer, build_competition_bundle
+from tests.support.scores import assert_evaluation_is_sound
 from tests.support.servers import serving
 from tests.support.weights import md5
 
@@ -31,7 +32,8 @@ OUTS = [
     "data/train/cat", "data/train/dog", "metrics/data.json",
     "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
     "models/backbone_notop.h5", "models/model.keras",
-    "metrics/train/metrics.json", "metrics/evaluate/metrics.json", "data/submission/submission.csv",
+    "metrics/train/metrics.json", "metrics/evaluate/metrics.json",
+    "metrics/evaluate/predictions.csv", "data/submission/submission.csv",
 ]
 
 
@@ -72,6 +74,10 @@ def test_repro_builds_every_declared_output(pipeline):
     evaluation = json.loads((project / "metrics/evaluate/metrics.json").read_text())
     assert evaluation["images"] == 24  # 20% of 60 per class
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["log_loss"] > 0
+
+
+def test_evaluate_scores_the_held_out_images_with_every_score_its_definition(pipeline):
+    assert_evaluation_is_sound(pipeline[0])
 
 
 def test_second_repro_runs_nothing(pipeline):

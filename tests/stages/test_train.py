@@ -25,7 +25,8 @@ from tests.support.commands import (
     stage_command,
     stage_env,
 )
-from tests.support.projects import extract_features, lay_out_project
+from tests.support.projects import extract_features, lay_out_project, write_train_manifest
+from tests.support.scores import assert_evaluation_is_sound
 from tests.support.shared import ROOT
 
 PER_CLASS = 30  # 24 training and 6 validation photos per class
@@ -271,6 +272,34 @@ def test_bad_params_fail_before_reading_images(tmp_path, sample_dir, weights_fil
     shutil.rmtree(project / "data")  # would fail differently if the images were read first
     assert_stage_error(train(project), message)
     assert not (project / "models/model.keras").exists()
+
+
+@pytest.mark.parametrize("inputs", list(INPUTS))
+def test_a_class_too_small_to_hold_one_out_trains_and_is_listed_unscored(
+        tmp_path, sample_dir, weights_file, inputs):
+    """A long-tail class of two photos (round(2 * 0.2) == 0 held out) does not block the
+    data set: train learns it, evaluate scores the others and lists it under train_only."""
+    project = lay_out_project(tmp_path, sample_dir, weights_file, PER_CLASS,
+                              **{**SMALL, **INPUTS[inputs], "epochs": 1, "head_epochs": 0})
+    rare = project / "data/train/rare"
+    rare.mkdir()
+    for number in (50, 51):  # photos the other classes do not hold
+        shutil.copy(sample_dir / "train" / f"dog.{number}.jpg", rare / f"rare.{number}.jpg")
+    write_train_manifest(project / "data/train")
+    extract_features(project)
+    trained = train(project)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    note = ("too few images to hold one out at val_split 0.2, so trained on and not scored: "
+            "rare (2 images)")
+    assert f"train: {note}" in trained.stderr
+    evaluated = call_stage("evaluate", project)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"evaluate: {note}" in evaluated.stderr
+    metrics = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert metrics["train_only"] == {"rare": 2}
+    assert metrics["images"] == 2 * round(PER_CLASS * 0.2)
+    assert "rare" not in metrics
+    assert_evaluation_is_sound(project)
 
 
 def test_features_and_pixels_train_the_same_model(tmp_path, sample_dir, weights_file,

@@ -7,13 +7,22 @@ split_files only lists names, so empty files stand in for images."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from finetune.core.errors import StageError
-from finetune.dataset.split import class_names, labels_of, list_samples, split_files
+from finetune.dataset.split import (
+    class_names,
+    labels_of,
+    list_samples,
+    split_files,
+    split_samples,
+    train_only_classes,
+    train_only_note,
+)
 
 CLASS_NAMES = ("cat", "dog")
 
@@ -76,18 +85,52 @@ def test_the_split_is_a_function_of_names_val_split_and_seed(tmp_path: Path) -> 
     assert len(validations) == len(SEEDS)
 
 
-@pytest.mark.parametrize(("counts", "val_split", "empty"), [
-    ({"cat": 40, "dog": 2}, 0.2, "validation"),   # round(0.4) == 0 dogs held out
-    ({"cat": 1, "dog": 40}, 0.1, "validation"),
-    ({"cat": 40, "dog": 3}, 0.9, "training"),     # round(2.7) == all 3 dogs held out
-])
-def test_a_class_too_small_for_val_split_is_refused(tmp_path: Path, counts: dict[str, int],
-                                                    val_split: float, empty: str) -> None:
+def test_a_class_too_small_to_hold_one_out_trains_only(tmp_path: Path) -> None:
+    counts = {"cat": 40, "dog": 40, "rare": 2, "rarer": 1}  # round(0.4) == round(0.2) == 0
     train_dir = make_classes(tmp_path / "train", counts)
-    small = min(counts, key=counts.__getitem__)
-    with pytest.raises(StageError, match=rf"^val_split: {val_split} leaves no {empty} images "
-                                         rf"of the {counts[small]} of class {small}$"):
+    samples, classes = list_samples(train_dir), class_names(train_dir)
+    train, validation = split_samples(samples, classes, 0.2, 0)
+    held_out = Counter(classes[label] for _, label in validation)
+    assert held_out == {"cat": 8, "dog": 8}
+    trained = Counter(classes[label] for _, label in train)
+    assert trained == {"cat": 32, "dog": 32, "rare": 2, "rarer": 1}
+    assert train_only_classes(samples, classes, 0.2) == {"rare": 2, "rarer": 1}
+    assert train_only_note({"rare": 2, "rarer": 1}, 0.2) == (
+        "too few images to hold one out at val_split 0.2, so trained on and not scored: "
+        "rare (2 images), rarer (1 image)")
+    # The other classes split as they would without the small ones.
+    without = make_classes(tmp_path / "without", {"cat": 40, "dog": 40})
+    assert names(split_files(without, 0.2, 0)[1]) == names(validation)
+
+
+def test_every_class_keeps_a_training_image(tmp_path: Path) -> None:
+    train_dir = make_classes(tmp_path / "train", {"cat": 40, "dog": 3})  # round(2.7) == 3
+    train, validation = split_files(train_dir, 0.9, 0)
+    assert Counter(label for _, label in validation) == {0: 36, 1: 2}
+    assert Counter(label for _, label in train) == {0: 4, 1: 1}
+    assert train_only_classes(list_samples(train_dir), list(CLASS_NAMES), 0.9) == {}
+
+
+@pytest.mark.parametrize(("counts", "val_split", "small"), [
+    ({"cat": 40, "dog": 2}, 0.2, "dog"),
+    ({"cat": 1, "dog": 40}, 0.1, "cat"),
+])
+def test_validation_of_one_class_only_is_refused(tmp_path: Path, counts: dict[str, int],
+                                                 val_split: float, small: str) -> None:
+    train_dir = make_classes(tmp_path / "train", counts)
+    with pytest.raises(StageError, match=rf"^val_split: {val_split} holds out no image of class "
+                                         rf"{small} \(of its {counts[small]}\), and scores need "
+                                         "validation images of two classes: raise val_split or "
+                                         "add images$"):
         split_files(train_dir, val_split, 0)
+
+
+def test_an_empty_class_folder_is_refused(tmp_path: Path) -> None:
+    train_dir = make_classes(tmp_path / "train", {"cat": 10, "dog": 10})
+    (train_dir / "empty").mkdir()
+    with pytest.raises(StageError, match=r"^class empty has no images: add some, or remove its "
+                                         r"folder and run `dvc repro -f split_classes`$"):
+        split_files(train_dir, 0.2, 0)
 
 
 def test_one_class_folder_is_refused(tmp_path: Path) -> None:
