@@ -73,9 +73,11 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
         training = distribute(strategy, data.train, steps=None)
         validation = distribute(strategy, data.validation, steps=data.validation.num_batches)
 
+    randomness = EpochRandomness()  # one for both fits: it keeps the seeds built with
+
     def fit(first_epoch: int, end_epoch: int) -> None:
         # Logged before checkpointed: a backup never gets ahead of the log.
-        callbacks = [EpochRandomness(), logger, checkpoints]
+        callbacks = [randomness, logger, checkpoints]
         data.train.first_epoch = first_epoch
         # shuffle=False: EpochBatches shuffles, by epoch, and fit's own would be ignored.
         trainee.fit(training, steps_per_epoch=data.train.steps, shuffle=False,
@@ -107,6 +109,10 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
             trainee.load_weights(outputs.best_weights)
         live.summary["kept_epoch"] = kept_epoch
         live.summary["best_epoch"] = best
+        if strategy is not None:
+            # Each replica draws its own dropout and augmentation: with either on, the
+            # weights depend on how many replicas trained (docs/scaling-out.md).
+            live.summary["replicas"] = strategy.num_replicas_in_sync
 
     # Saved without the optimizer: Adam's moment estimates (twice the trainable
     # weights) only matter to resume training; evaluation and prediction need none.

@@ -1,9 +1,10 @@
 """Multi-worker training (`strategy: multi_worker`): two workers on loopback train the
-model one process trains, and only the chief writes outputs (marker `scale`, run by
-`make test-scale`).
+model one process trains (dropout 0, no augmentation), reproducibly with dropout, and
+only the chief writes outputs (marker `scale`, run by `make test-scale`).
 
 Checked in the default suite: TF_CONFIG and the batch shares in
-tests/unit/training/test_multi_worker.py, the Keras code the workarounds patch in
+tests/unit/training/test_multi_worker.py, each replica's own dropout masks in
+tests/unit/training/test_determinism.py, the Keras code the workarounds patch in
 tests/unit/training/test_keras_workarounds.py, no resumed backup in
 tests/unit/training/test_checkpoints.py, a bad setup's one-line error in
 tests/stages/test_train_multi_worker.py.
@@ -165,6 +166,29 @@ def test_two_workers_train_the_model_one_process_trains(tmp_path, prepared):
                  for project in (single, chief)]
     assert summaries[1]["eval"] == pytest.approx(summaries[0]["eval"], rel=1e-5)
     assert summaries[1]["kept_epoch"] == summaries[0]["kept_epoch"]
+    # The replica count is recorded where it can change the weights (dropout,
+    # augmentation): a multi-worker run's metrics say it; one process's stay as they were.
+    assert summaries[1]["replicas"] == 2 and "replicas" not in summaries[0]
+
+
+@pytest.mark.scale
+def test_with_dropout_two_worker_runs_give_the_same_weights(tmp_path, prepared):
+    """Dropout 0.5: each replica draws its own masks (a function of the seed, epoch, step
+    and replica: tests/unit/training/test_determinism.py), so two runs on two workers
+    train the same model to the bit. Not one process's: see docs/scaling-out.md."""
+    weights = []
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        folder.mkdir()
+        workers = worker_copies(prepared, folder, 2, **{"dropout: 0.0": "dropout: 0.5"})
+        scratch = folder / "tmp"
+        scratch.mkdir()
+        run_cluster(workers, [("worker", 0), ("worker", 1)], {"worker": loopback(2)}, scratch)
+        weights.append(model_weights(workers[0]))
+    first, second = weights
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.scale
