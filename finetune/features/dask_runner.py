@@ -2,11 +2,16 @@
 
 Written for a cluster of other machines that have the same Python packages but none of
 the project's files: this process (the client) reads each image's encoded bytes, sends
-them to the workers a chunk at a time, and writes the rows they return in order, with a
-bounded number of chunks in flight, so its memory does not grow with the data. The code
-of the `finetune` package travels once as a zip (`Client.upload_file`), the weights file once per
-worker (`Client.scatter(broadcast=True)`); each worker process builds the extractor once
-and keeps it for the chunks that follow.
+them straight to the workers a chunk at a time (`Client.scatter(direct=True)`: not through
+the scheduler), and writes the rows they return in order, with a bounded number of chunks
+in flight, so its memory does not grow with the data. The code of the `finetune` package
+travels once as a zip (`Client.upload_file`), the weights file once per worker
+(`Client.scatter(broadcast=True)`, freed once built); each worker process builds the
+extractor once and keeps it for the chunks that follow.
+
+Only the workers that passed the checks below get chunks: one that joins later (or that its
+nanny restarted under a new address) gets none. A worker that dies costs its chunks, not the
+stage: they run again on another checked one. No wait is unbounded.
 
 The rows are bit-identical to the serial path's (tests/scale/test_dask_features.py): the
 workers decode with the same code (finetune.dataset.decode.decode_batches), run the same model
@@ -29,9 +34,10 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +52,19 @@ from finetune.features.store import FEATURE_PARAMS, FeatureWriter, storable
 CHUNK_BATCHES = 2  # extraction batches per task: a task's bytes and rows stay small
 IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: it never waits for the next one
 CONNECT_TIMEOUT_S = 10  # for a scheduler address
+# Bounds on the waits for workers that are alive but stuck (swapping, a hung GPU driver);
+# one that dies is noticed within POLL_S. Building the model (TensorFlow's import, the
+# backbone, its weights) took 8.7-12.2 s for InceptionV3 (docs/scaling-out.md) and can
+# take minutes on a loaded machine or a GPU that compiles its kernels on first use: 15
+# minutes leaves room for both, and only a stuck worker is waited for that long.
+PREPARE_TIMEOUT_S = 900
+# A chunk is 64 images through the frozen part (seconds on a CPU thread) behind at most
+# IN_FLIGHT_PER_WORKER others on its worker: 10 minutes is a stuck worker.
+CHUNK_TIMEOUT_S = 600
+POLL_S = 1.0  # how often a wait asks the scheduler which checked workers are left
+# A chunk's images are lost with the worker they were sent to: sent again this often,
+# as Dask runs a task again after its worker dies (distributed.scheduler.allowed-failures).
+RESENDS = 3
 # What must match on every worker for the bits to match (oneDNN's kernels differ from
 # Eigen's in the last bits; the rest pick the kernels and the decoder).
 PACKAGES = ("tensorflow", "keras", "numpy")
@@ -54,6 +73,7 @@ INSTALL_HINT = "install it with `make setup EXTRAS=dask`"
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F")
 
 
 # --- pure logic (no Dask) -------------------------------------------------------------
@@ -65,16 +85,22 @@ def chunks(count: int, batch: int, batches_per_chunk: int = CHUNK_BATCHES) -> li
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def in_order(submit: Callable[[T], Future[R]], items: Iterable[T], window: int) -> Iterator[R]:
-    """Each item's result, in the order of `items`, with at most `window` submitted and
-    not yet yielded: a slow chunk holds back the writing, never the memory bound."""
-    pending: collections.deque[Future[R]] = collections.deque()
+def _result(item: Any, future: Future[R]) -> R:
+    return future.result()
+
+
+def in_order(submit: Callable[[T], F], items: Iterable[T], window: int,
+             outcome: Callable[[T, F], R] = _result) -> Iterator[R]:
+    """Each item's result (`outcome` of the item and its future), in the order of `items`,
+    with at most `window` submitted and not yet yielded: a slow chunk holds back the
+    writing, never the memory bound."""
+    pending: collections.deque[tuple[T, F]] = collections.deque()
     for item in items:
-        pending.append(submit(item))
+        pending.append((item, submit(item)))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield outcome(*pending.popleft())
     while pending:
-        yield pending.popleft().result()
+        yield outcome(*pending.popleft())
 
 
 def threads_per_worker(cores: dict[str, int], hosts: dict[str, str], threads: int
@@ -110,7 +136,8 @@ def code_digests(package: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs besides the weights and the bytes: picklable, small."""
+    """What a worker needs besides the weights (to build) and the bytes (to extract):
+    picklable, small."""
 
     params: dict[str, Any]
     weights_digest: str
@@ -123,14 +150,18 @@ _EXTRACTOR: dict[tuple[Any, ...], Any] = {}  # the last one built, by key
 _CONFIGURED: list[int] = []  # the thread count TensorFlow was given in this process
 
 
+def _key(job: Job) -> tuple[Any, ...]:
+    return tuple(job.params[name] for name in FEATURE_PARAMS), job.weights_digest
+
+
 def _extractor_here(job: Job, weights: bytes) -> Any:
-    """This worker process's extractor for `job`, built on first use; TensorFlow's threads
-    set before its first op, as finetune.core.runtime.configure does for a stage."""
+    """This worker process's extractor for `job`, built if it has none; TensorFlow's
+    threads set before its first op, as finetune.core.runtime.configure does for a stage."""
     from distributed import get_worker
 
     from finetune.core.runtime import configure
 
-    key = (tuple(job.params[name] for name in FEATURE_PARAMS), job.weights_digest)
+    key = _key(job)
     if key in _EXTRACTOR:
         return _EXTRACTOR[key]
     # Thread pools are fixed at TensorFlow's first op: a second job in this process keeps
@@ -160,15 +191,23 @@ def prepare(job: Job, weights: bytes) -> tuple[tuple[int, ...], dict[str, str]]:
     return tuple(int(n) for n in extractor.output_shape[1:]), environment() | {"device": device}
 
 
-def extract_chunk(job: Job, weights: bytes, blobs: list[bytes]
-                  ) -> tuple[np.ndarray, dict[int, str]]:
+def extract_chunk(job: Job, blobs: list[bytes]) -> tuple[np.ndarray, dict[int, str]]:
     """float16 rows (float32 if a value does not fit) of the images encoded in `blobs`
     (zeros for one that cannot be decoded), and why each such image could not, by position
-    in `blobs`: what finetune.features.extract.extract writes and returns for these items."""
+    in `blobs`: what finetune.features.extract.extract writes and returns for these items,
+    with the extractor `prepare` built in this process.
+
+    Not the weights: Dask keeps one copy of them once no task waits for them (its Active
+    Memory Manager drops the others), and a chunk that needed them would be lost with it."""
+    from distributed import get_worker
+
     from finetune.dataset.decode import decode_batches
 
     with _BUILD:
-        extractor = _extractor_here(job, weights)
+        extractor = _EXTRACTOR.get(_key(job))
+        if extractor is None:  # a new process at a checked address, or another job's model
+            raise StageError(f"cluster: the Dask worker {get_worker().address} restarted, or "
+                             "built another model, after its checks: run the stage again")
         size = int(extractor.input_shape[1])
         shape = tuple(int(n) for n in extractor.output_shape[1:])
         rows = np.zeros((len(blobs), *shape), dtype=np.float32)
@@ -256,32 +295,103 @@ def _threads(client: Any, threads: int) -> dict[str, int]:
     return threads_per_worker(client.run(os.cpu_count), hosts, threads)
 
 
-def _prepare_workers(client: Any, job: Job, weights: Any) -> tuple[tuple[int, ...], str]:
-    """Build the extractor on every worker at once; the output shape, and the device kind
-    they all compute on. Workers that would compute other bits than this process's
-    packages would, or than each other (a GPU's kernels are not a CPU's), are refused."""
-    futures = {address: client.submit(prepare, job, weights, workers=[address], pure=False)
+def _present(client: Any) -> set[str]:
+    """The workers the scheduler has now."""
+    return set(client.nthreads())
+
+
+def _prepare_workers(client: Any, job: Job, weights: Any
+                     ) -> tuple[tuple[int, ...], str, list[str]]:
+    """Build the extractor on every worker at once; the output shape, the device kind
+    they all compute on, and the workers that built it (the checked ones: a worker that
+    leaves meanwhile, killed for memory say, is left out). Workers that would compute other
+    bits than this process's packages would, or than each other (a GPU's kernels are not
+    a CPU's), are refused."""
+    distributed = _distributed()
+    # Each on its own worker, so that each is checked: a task pinned to a worker that has
+    # left waits for it forever (Dask's no-worker state), hence the look for the left ones.
+    pending = {address: client.submit(prepare, job, weights, workers=[address], pure=False)
                for address in job.threads}
+    deadline = time.monotonic() + PREPARE_TIMEOUT_S
     wanted: dict[str, str] = environment()
     shapes = set()
-    for address, future in futures.items():
-        shape, found = future.result()
-        wanted.setdefault("device", found["device"])  # the first worker's
-        different = [name for name in wanted if found.get(name) != wanted[name]]
-        if different:
-            name = different[0]
-            raise StageError(f"cluster: the Dask worker {address} has {name} "
-                             f"{found.get(name)!r}, not {wanted[name]!r}: its features would "
-                             "differ (use the same packages and device everywhere)")
-        shapes.add(shape)
-    return shapes.pop(), wanted["device"]
+    checked = []
+    while pending:
+        with contextlib.suppress(TimeoutError):
+            distributed.wait(list(pending.values()), timeout=POLL_S, return_when="FIRST_COMPLETED")
+        for address in sorted(address for address, future in pending.items() if future.done()):
+            shape, found = pending.pop(address).result()
+            wanted.setdefault("device", found["device"])  # the first worker's
+            different = [name for name in wanted if found.get(name) != wanted[name]]
+            if different:
+                name = different[0]
+                raise StageError(f"cluster: the Dask worker {address} has {name} "
+                                 f"{found.get(name)!r}, not {wanted[name]!r}: its features "
+                                 "would differ (use the same packages and device everywhere)")
+            shapes.add(shape)
+            checked.append(address)
+        for address in sorted(set(pending) - _present(client)):
+            client.cancel(pending.pop(address))
+            print(f"features: the Dask worker {address} left while building the model (out of "
+                  "memory?); going on without it", file=sys.stderr, flush=True)
+        if pending and time.monotonic() > deadline:
+            raise StageError(f"cluster: the Dask worker {min(pending)} built no model in "
+                             f"{PREPARE_TIMEOUT_S} s: is it swapping? Use fewer workers, or "
+                             "cluster: \"\"")
+    if not checked:
+        raise StageError(f"cluster: every Dask worker left while building the model "
+                         f"({', '.join(sorted(job.threads))}): out of memory? Use fewer "
+                         "workers, or cluster: \"\"")
+    return shapes.pop(), wanted["device"], sorted(checked)
 
 
 class ClusterExtraction:
     """finetune.features.extract.extract's counterpart on a cluster (see `on_cluster`)."""
 
-    def __init__(self, client: Any, job: Job, weights: Any, shape: tuple[int, ...]) -> None:
-        self.client, self.job, self.weights, self.shape = client, job, weights, shape
+    def __init__(self, client: Any, job: Job, shape: tuple[int, ...], checked: list[str]
+                 ) -> None:
+        self.client, self.job, self.shape = client, job, shape
+        self.checked = checked  # the workers that passed the checks: the only ones used
+
+    def _alive(self) -> list[str]:
+        """The checked workers the scheduler still has; a one-line error if none is left
+        (the chunks, restricted to them, would wait forever)."""
+        alive = sorted(set(self.checked) & _present(self.client))
+        if not alive:
+            raise StageError(f"cluster: every checked Dask worker left ({', '.join(self.checked)}"
+                             "): out of memory? Run the stage again with fewer workers, or "
+                             "cluster: \"\" (workers that join mid-run get no images)")
+        return alive
+
+    def _send(self, blobs: list[bytes]) -> Any:
+        """The future of extract_chunk on `blobs`, which go to a checked worker directly,
+        not through the scheduler; Dask frees them when the chunk is done and no future
+        holds them."""
+        name = f"images-{uuid.uuid4().hex}"  # a dict's keys are the data's keys: unique
+        for _ in range(RESENDS):
+            # OSError, TimeoutError: the worker picked left meanwhile; pick among the rest.
+            with contextlib.suppress(OSError, TimeoutError):
+                images = self.client.scatter({name: blobs}, workers=self._alive(),
+                                             direct=True)[name]
+                return self.client.submit(extract_chunk, self.job, images,
+                                          workers=self.checked, pure=False)
+        raise StageError(f"cluster: cannot send images to the Dask workers "
+                         f"({', '.join(self._alive())}): can this machine reach their "
+                         "addresses? Or set cluster: \"\"")
+
+    def _wait(self, future: Any, items: range) -> tuple[np.ndarray, dict[int, str]]:
+        """The chunk's result; a one-line error when no checked worker is left to compute
+        it, or after CHUNK_TIMEOUT_S."""
+        deadline = time.monotonic() + CHUNK_TIMEOUT_S
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return future.result(timeout=POLL_S)
+            self._alive()
+            if time.monotonic() > deadline:
+                raise StageError(f"cluster: no rows for items {items[0]}..{items[-1]} in "
+                                 f"{CHUNK_TIMEOUT_S} s from the Dask workers "
+                                 f"({', '.join(self._alive())}): is one stuck or swapping? "
+                                 "Use fewer workers, or cluster: \"\"")
 
     def extract(self, read: Callable[[int], bytes], count: int, destination: Path,
                 what: str) -> dict[int, str]:
@@ -289,7 +399,7 @@ class ClusterExtraction:
         item that could not be decoded could not (a read error first, as serially)."""
         unread: dict[int, str] = {}
 
-        def submit(items: range) -> Future[tuple[np.ndarray, dict[int, str]]]:
+        def submit(items: range) -> Any:
             blobs = []
             for index in items:
                 try:
@@ -297,14 +407,28 @@ class ClusterExtraction:
                 except READ_ERRORS as error:
                     unread[index] = f"cannot read it: {error}"
                     blobs.append(b"")  # a row of zeros, as serially
-            return self.client.submit(extract_chunk, self.job, self.weights, blobs, pure=False)
+            return self._send(blobs)
+
+        def outcome(items: range, future: Any) -> tuple[np.ndarray, dict[int, str]]:
+            for _ in range(RESENDS):
+                try:
+                    return self._wait(future, items)
+                except CancelledError:  # its images were lost with a worker: read them again
+                    future = submit(items)
+            try:
+                return self._wait(future, items)
+            except CancelledError:
+                raise StageError(f"cluster: the Dask workers holding items {items[0]}.."
+                                 f"{items[-1]} died {RESENDS + 1} times: out of memory? Use "
+                                 "fewer workers, or cluster: \"\"") from None
 
         parts = chunks(count, self.job.batch)
-        window = IN_FLIGHT_PER_WORKER * len(self.job.threads)
+        window = IN_FLIGHT_PER_WORKER * len(self.checked)
         writer = FeatureWriter(destination, count, self.shape)
         progress = Progress(what, count)
         undecoded: dict[int, str] = {}
-        for items, (rows, failures) in zip(parts, in_order(submit, parts, window), strict=True):
+        for items, (rows, failures) in zip(parts, in_order(submit, parts, window, outcome),
+                                           strict=True):
             undecoded.update({items[i]: reason for i, reason in failures.items()})
             writer.write(rows)
             progress.update(len(rows))
@@ -332,13 +456,14 @@ def on_cluster(params: dict[str, Any], weights_file: Path, batch: int
         job = Job(params, hashlib.sha256(data).hexdigest(), batch,
                   _threads(client, params["threads"]))
         del data
-        shape, device = _prepare_workers(client, job, weights)
-        threads = "/".join(map(str, sorted(set(job.threads.values()))))
-        print(f"features: {len(job.threads)} Dask workers on {device} ready in "
+        shape, device, checked = _prepare_workers(client, job, weights)
+        del weights  # built: Dask frees them on the workers
+        threads = "/".join(map(str, sorted({job.threads[address] for address in checked})))
+        print(f"features: {len(checked)} Dask workers on {device} ready in "
               f"{time.monotonic() - started:.1f} s (TensorFlow threads: {threads} each)",
               file=sys.stderr, flush=True)
         try:
-            yield ClusterExtraction(client, job, weights, shape)
+            yield ClusterExtraction(client, job, shape, checked)
         except _distributed().KilledWorker as error:
             raise StageError(f"cluster: a Dask worker died computing the features ({error}): "
                              "out of memory? Use fewer workers or cluster: \"\"") from None

@@ -16,6 +16,8 @@ The others need no Dask: how the items are cut into chunks and put back in order
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
 import shutil
@@ -27,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +80,34 @@ def test_results_come_in_order_with_a_bounded_window():
                 outstanding[0] -= 1
             results.append(result)
     assert results == [item * item for item in range(20)]
+    assert most[0] == window
+
+
+def test_an_item_lost_on_its_way_is_sent_again_in_its_place():
+    # As ClusterExtraction does for a chunk whose worker died with its images: the
+    # outcome sends it again; the order and the bound on what is outstanding hold.
+    window, outstanding, most, sent = 3, [0], [0], []
+
+    def submit(item: int) -> Future[int]:
+        outstanding[0] += 1
+        most[0] = max(most[0], outstanding[0])
+        sent.append(item)
+        future: Future[int] = Future()
+        if sent.count(item) == 1 and item % 4 == 1:
+            future.cancel()  # lost: the first time for every fourth item
+        else:
+            future.set_result(item * item)
+        return future
+
+    def outcome(item: int, future: Future[int]) -> int:
+        while future.cancelled():
+            outstanding[0] -= 1
+            future = submit(item)
+        outstanding[0] -= 1
+        return future.result()
+
+    assert list(in_order(submit, range(20), window, outcome)) == [i * i for i in range(20)]
+    assert sorted(sent) == sorted([*range(20), *range(1, 20, 4)])
     assert most[0] == window
 
 
@@ -138,13 +169,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory) -> Iterator[str]:
-    """The address of a `dask scheduler` with two `dask worker` processes on loopback,
-    started in an empty folder without PYTHONPATH: workers with the packages but none
-    of the project's files, as on other machines."""
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int) -> Iterator[tuple[str, Any]]:
+    """The address of a `dask scheduler` with `workers` `dask worker` processes on
+    loopback, each under a nanny that restarts it if it dies (as in production), started
+    in `folder` without PYTHONPATH: workers with the packages but none of the project's
+    files, as on other machines; and a Client of it, to watch it."""
     distributed = pytest.importorskip("distributed", reason="needs Dask: make setup EXTRAS=dask")
-    folder = tmp_path_factory.mktemp("dask")
     env = {key: value for key, value in stage_env().items() if key != "PYTHONPATH"}
     dask, file = str(Path(sys.executable).parent / "dask"), str(folder / "scheduler.json")
     options = {"cwd": folder, "env": env, "stdout": subprocess.DEVNULL,
@@ -153,15 +184,21 @@ def scheduler(tmp_path_factory) -> Iterator[str]:
                                    "127.0.0.1", "--port", "0", "--no-dashboard"], **options)]
     try:
         processes.append(subprocess.Popen([dask, "worker", "--scheduler-file", file,
-                                           "--nworkers", "2", "--nthreads", "1",
+                                           "--nworkers", str(workers), "--nthreads", "1",
                                            "--no-dashboard"], **options))
         with distributed.Client(scheduler_file=file, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            address = client.scheduler.address
-        yield address
+            client.wait_for_workers(workers, timeout=120)
+            yield client.scheduler.address, client
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory) -> Iterator[str]:
+    """The address of a dask_cluster of two workers."""
+    with dask_cluster(tmp_path_factory.mktemp("dask"), 2) as (address, _):
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +305,151 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, sample_dir,
                        f"cluster: no Dask scheduler answers at {address} (", "start one")
     print(f"gave up after {time.monotonic() - start:.1f} s")
     assert not (project / "data" / "features").exists()
+
+
+# --- workers that die or join mid-run; the images' way to the workers ---------------------
+
+BOUND_S = 150  # on the stage: a stage that hangs fails its test, never the suite
+
+
+@contextlib.contextmanager
+def killing(client: Any, task: str) -> Iterator[list[str]]:
+    """Kill (SIGKILL) the first worker the scheduler gives a `task` task to (its nanny
+    starts another, under a new address): the list of the killed worker's address, once
+    killed. The task stream records which worker ran which task from here on."""
+    pids = client.run(os.getpid)
+    client.get_task_stream()  # starts the scheduler's record of the tasks run
+    killed: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not killed:
+            for address, keys in client.processing().items():
+                if address in pids and any(str(key).startswith(f"{task}-") for key in keys):
+                    os.kill(pids[address], 9)
+                    killed.append(address)
+                    break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        watcher.join()
+
+
+def workers_that_ran(client: Any, task: str) -> set[str]:
+    return {record["worker"] for record in client.get_task_stream()
+            if str(record["key"]).startswith(f"{task}-")}
+
+
+def run_killing(tmp_path: Path, runs: dict, workers: int, task: str
+                ) -> tuple[subprocess.CompletedProcess[str], str, set[str], set[str]]:
+    """The stage on a dask_cluster of `workers`, one of them killed when given its first
+    `task` task, within BOUND_S: the stage's result, the killed worker, the workers that
+    were there before and those that ran extract_chunk tasks."""
+    project = shutil.copytree(runs["project"], tmp_path / "project")
+    with dask_cluster(tmp_path, workers) as (address, client):
+        write_params(project, **SMALL_NETWORK, cluster=address)
+        before = set(client.nthreads())
+        start = time.monotonic()
+        with killing(client, task) as killed:
+            try:
+                result = run_stage("features", project, timeout=BOUND_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the stage hung: killed by the time bound after {BOUND_S} s")
+        assert killed, "no worker was killed"
+        print(f"killed {killed[0]} in its first {task}; stage {time.monotonic() - start:.1f} s")
+        return result, killed[0], before, workers_that_ran(client, "extract_chunk")
+
+
+def assert_serial_bytes(project: Path, runs: dict) -> None:
+    features = project / "data" / "features"
+    assert {path.name: path.read_bytes() for path in features.iterdir()} == runs["serial"][0]
+
+
+@pytest.mark.scale
+def test_a_worker_killed_while_building_the_model_is_left_out(tmp_path, runs):
+    # Its `prepare` task, pinned to it, would wait forever for it; the other worker does
+    # the work, and the restarted one (a new address, unchecked) gets no images.
+    result, killed, before, ran = run_killing(tmp_path, runs, 2, "prepare")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"features: the Dask worker {killed} left while building the model" in result.stderr
+    assert "features: 1 Dask workers on CPU ready" in result.stderr
+    assert ran == before - {killed}
+    assert_serial_bytes(tmp_path / "project", runs)
+
+
+@pytest.mark.scale
+def test_a_worker_killed_mid_extraction_costs_its_chunks_not_the_stage(tmp_path, runs):
+    # Its chunks (and the images sent to it) are lost: Dask and the client run them again
+    # on the other checked worker, never on the restarted one; the same bytes as serially.
+    result, killed, before, ran = run_killing(tmp_path, runs, 2, "extract_chunk")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ran <= before and before - {killed} <= ran
+    assert_serial_bytes(tmp_path / "project", runs)
+
+
+@pytest.mark.scale
+def test_when_every_checked_worker_dies_the_stage_fails_in_one_line(tmp_path, runs):
+    # The only worker killed mid-extraction: its nanny starts another, which joins after
+    # the checks and must get no images; the chunks cannot go anywhere: one line, at once.
+    result, killed, _, ran = run_killing(tmp_path, runs, 1, "extract_chunk")
+    assert_stage_error(result, f"cluster: every checked Dask worker left ({killed})",
+                       "Run the stage again with fewer workers",
+                       "workers that join mid-run get no images")
+    assert ran <= {killed}
+    assert not (tmp_path / "project" / "data" / "features").exists()
+
+
+@pytest.mark.scale
+def test_images_go_to_the_workers_not_through_the_scheduler(tmp_path, runs):
+    # Large photos as task arguments would be hundreds of MB through the scheduler; sent
+    # with Client.scatter(direct=True), freed once their chunk is done: at most the
+    # in-flight window's worth held at once.
+    from finetune.features.dask_runner import IN_FLIGHT_PER_WORKER
+
+    project = shutil.copytree(runs["project"], tmp_path / "project")
+
+    # Nested, so that cloudpickle sends their code: the scheduler cannot import this module.
+    def watch_task_specs(dask_scheduler: Any) -> None:
+        """Record on the scheduler the largest task it is given (pickled) and the most
+        images sent to the workers it holds at once (keys "images-*")."""
+        import pickle
+
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        class Watch(SchedulerPlugin):
+            name = "watch-task-specs"
+
+            def __init__(self) -> None:
+                self.largest, self.most_images = 0, 0
+
+            def update_graph(self, scheduler: Any, *, tasks: list, **kwargs: Any) -> None:
+                for key in tasks:
+                    spec = scheduler.tasks[key].run_spec
+                    self.largest = max(self.largest, len(pickle.dumps(spec)))
+                images = sum(str(key).startswith("images-") and task.state == "memory"
+                             for key, task in scheduler.tasks.items())
+                self.most_images = max(self.most_images, images)
+
+        dask_scheduler.add_plugin(Watch())
+
+    def recorded(dask_scheduler: Any) -> tuple[int, int]:
+        watch = dask_scheduler.plugins["watch-task-specs"]
+        return watch.largest, watch.most_images
+
+    with dask_cluster(tmp_path, 1) as (address, client):
+        client.run_on_scheduler(watch_task_specs)
+        write_params(project, **SMALL_NETWORK, cluster=address)
+        result = run_stage("features", project, timeout=BOUND_S)
+        assert result.returncode == 0, result.stderr[-3000:]
+        largest, most_images = client.run_on_scheduler(recorded)
+    chunk = sum(path.stat().st_size for path in sorted(
+        (project / "data" / "train").rglob("*.jpg"))[:2 * EXTRACT_BATCH])
+    print(f"largest task {largest:,} bytes; a chunk's images {chunk:,} bytes")
+    assert largest < 16_384 < chunk
+    assert 1 <= most_images <= IN_FLIGHT_PER_WORKER
+    assert_serial_bytes(project, runs)
