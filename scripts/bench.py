@@ -12,7 +12,11 @@ Steps, each a child process timed from start to exit:
   c  `dvc exp run -S lr=<--exp-lr>` after b (the copy is committed first, as exp run needs)
 
 The photos are synthetic (scripts/make_layout.py, Kaggle's layout, cached under
-build/bench/layouts/). The pipeline reads the layout through `data_source`; the naive
+build/bench/layouts/): 200x200 by default, or with `--photos kaggle` of real Kaggle
+photos' sizes (402x358 on average), which cost twice as much to decode. Decoding alone is
+measured too (scripts/bench_decode.py, the features stage's decoder on 2,000 of the photos,
+three repeats), beside the features stage's rate, to show whether it keeps up.
+The pipeline reads the layout through `data_source`; the naive
 recipe reads class folders of hard links to the very same files. The backbone is
 InceptionV3 with RANDOM weights in the real notop file's layout (scripts/random_weights.py):
 the times are the network's, but the accuracies are chance and mean nothing. Pass real
@@ -45,7 +49,7 @@ import psutil  # installed with dvc
 import yaml
 
 from scripts.demo import copy_project, git
-from scripts.make_layout import make_layout
+from scripts.make_layout import KAGGLE, make_layout
 from scripts.random_weights import INCEPTION_NOTOP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,6 +435,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=200,
                         help="test photos, predicted by the pipeline's submit (default: 200)")
     parser.add_argument("--layout-seed", type=int, default=0, help="seed of the photos")
+    parser.add_argument("--photos", default="200", choices=("200", KAGGLE),
+                        help="200x200 photos, or real Kaggle photos' sizes (default: 200)")
     parser.add_argument("--steps", default="abc", choices=("abc", "ab", "bc", "a", "b"),
                         help="which steps to run (c needs b)")
     parser.add_argument("--exp-lr", type=float, default=1e-4, help="lr of step c's exp run")
@@ -454,19 +460,23 @@ def main() -> None:
         sys.exit("error: the random weights are InceptionV3's: give --weights for "
                  f"{recipe['backbone']}")
     env = child_env()
-    size = f"train{args.train}-test{args.test}-{recipe['image_size']}px"
+    photos = "" if args.photos == "200" else f"-{args.photos}"
+    size = f"train{args.train}-test{args.test}-{recipe['image_size']}px{photos}"
     out = BENCH_DIR / size
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
     print(f"bench: drawing or reusing {args.train:,} + {args.test:,} photos", flush=True)
     layout = make_layout(BENCH_DIR / "layouts" /
-                         f"train{args.train}-test{args.test}-seed{args.layout_seed}" / "kaggle",
-                         args.train, args.test, args.layout_seed)
+                         f"train{args.train}-test{args.test}-seed{args.layout_seed}{photos}"
+                         / "kaggle", args.train, args.test, args.layout_seed,
+                         KAGGLE if args.photos == KAGGLE else 200)
     classes = class_folders(layout)
     weights = (args.weights or random_weights(env)).resolve()
     params = {**recipe, "data_source": str(layout), "weights_urls": [str(weights)],
               "weights_hash": f"md5:{md5(weights)}"}
 
+    print("bench: decoding alone", flush=True)
+    decoding = decode_step(layout, recipe["image_size"], env)
     results: dict[str, dict[str, Any]] = {}
     if "a" in args.steps:
         print("bench: a  naive recipe", flush=True)
@@ -474,11 +484,44 @@ def main() -> None:
     if "b" in args.steps:
         results |= pipeline_steps(args.steps, out / "project", params, args.exp_lr, out, env,
                                   args.verbose)
-    report(args, recipe, results, layout, weights, out)
+    report(args, recipe, results, decoding, layout, weights, out)
+
+
+def decode_step(layout: Path, image_size: int, env: dict[str, str]) -> dict[str, Any]:
+    """scripts/bench_decode.py's figures on the layout's training photos (a child process:
+    this one never imports TensorFlow)."""
+    command = [sys.executable, "-m", "scripts.bench_decode", str(layout / "train"),
+               "--image-size", str(image_size)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode:
+        sys.exit(f"error: {' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def features_rate(results: dict[str, dict[str, Any]], images: int) -> float | None:
+    """The features stage's images/s in step b, its start-up included."""
+    if "b" not in results:
+        return None
+    stages = {stage.name: stage.wall_s for stage in results["b"]["measured"].stages}
+    return images / stages["features"] if stages.get("features") else None
+
+
+def print_decoding(decoding: dict[str, Any], network: float | None) -> None:
+    rates = ", ".join(f"{rate:,.0f}" for rate in decoding["images_per_s"])
+    median = decoding["median_images_per_s"]
+    print(f"\ndecoding alone: {decoding['images']:,} photos of {decoding['mean_width']:.0f}x"
+          f"{decoding['mean_height']:.0f} on average to {decoding['image_size']} px, the "
+          f"features stage's decoder: median {median:,.0f} images/s (repeats: {rates})")
+    if network:
+        verdict = "keeps up" if median > 2 * network else "may hold the network back"
+        print(f"  the features stage (b, start-up included): {network:,.1f} images/s; "
+              f"decoding is {median / network:.1f}x as fast: it {verdict}")
 
 
 def report(args: argparse.Namespace, recipe: dict[str, Any],
-           results: dict[str, dict[str, Any]], layout: Path, weights: Path, out: Path) -> None:
+           results: dict[str, dict[str, Any]], decoding: dict[str, Any], layout: Path,
+           weights: Path, out: Path) -> None:
     random = args.weights is None
     table, header = rows(results), (
         f"bench: {args.train:,} training photos (split {1 - recipe['val_split']:.0%}/"
@@ -489,12 +532,15 @@ def report(args: argparse.Namespace, recipe: dict[str, Any],
         "(a: hard links to the same files)")
     found = ratios(table)
     print_report(header, table, found, results, random)
+    network = features_rate(results, args.train + args.test)
+    print_decoding(decoding, network)
     document = {
         "header": header, "args": {k: str(v) for k, v in vars(args).items()}, "recipe": recipe,
         "layout": str(layout), "weights": str(weights), "random_weights": random,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "definitions": DEFINITIONS, "rows": table, "ratios": found,
+        "decoding": decoding, "features_images_per_s": network,
         "steps": {step: {**result, "measured": asdict(result["measured"])}
                   for step, result in results.items()},
     }

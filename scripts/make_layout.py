@@ -1,13 +1,16 @@
 """Synthetic photos in the layout of Kaggle's Dogs vs. Cats data, for benchmarks.
 
     python -m scripts.make_layout FOLDER [--train 25000] [--test 12500] [--seed 0]
+                                         [--size 200|kaggle]
 
 writes FOLDER/train/cat.N.jpg and dog.N.jpg (half of --train each), FOLDER/test/N.jpg
 (N = 1..--test) and FOLDER/sample_submission.csv: the unpacked layout that the
 pipeline's `data_source` accepts. The defaults are the competition's sizes.
 
-Each photo is a 200x200 JPEG (quality 85) of a tinted, textured background with one
-shape (a cat: a dark disc on a warm background; a dog: a light square on a cool one),
+Each photo is a 200x200 JPEG (quality 85), or with `--size kaggle` a JPEG of one of
+KAGGLE_SIZES (real Kaggle photos' sizes: 402x358 on average, as decoding costs at full
+size), of a tinted, textured background with one shape (a cat: a dark disc on a warm
+background; a dog: a light square on a cool one),
 drawn from (seed, class, number) alone, so the same arguments give the same bytes
 whatever the number of worker processes. Cheap (about 1 ms a photo), of the size of a
 real photo at that resolution, and decodable by TensorFlow and Pillow alike: what a
@@ -32,21 +35,39 @@ CLASSES = ("cat", "dog")
 BACKGROUNDS = {"cat": (200, 120, 60), "dog": (60, 110, 200)}  # warm, cool
 STAMP = "layout.json"  # written last: a folder with it is complete, and says what it holds
 CHUNK = 500  # photos per task handed to a worker process
+# Real Kaggle photos' sizes (width, height): the 1,100 of ../shared's sample sorted by area
+# in 20 equal groups, the middle photo of each. Their mean, 402x358, and mean area are the
+# sample's; half the photos are 500 px on the long side, as the competition's mostly are.
+KAGGLE_SIZES = ((154, 152), (249, 196), (299, 225), (257, 302), (375, 249), (287, 389),
+                (287, 432), (291, 499), (421, 382), (499, 334), (499, 357), (500, 374),
+                (500, 374), (500, 374), (499, 375), (499, 375), (443, 427), (499, 401),
+                (500, 436), (486, 500))
+KAGGLE = "kaggle"  # the `size` that draws KAGGLE_SIZES
 
 
-def draw_photo(label: str, number: int, seed: int, size: int) -> bytes:
+def photo_size(label: str, number: int, seed: int, size: int | str) -> tuple[int, int]:
+    """(width, height) of a photo: size x size, or one of KAGGLE_SIZES drawn from its own
+    stream (so a square layout's photos stay what they were)."""
+    if size != KAGGLE:
+        return int(size), int(size)
+    rng = np.random.default_rng([seed, CLASSES.index(label), number, 1])
+    return KAGGLE_SIZES[rng.integers(len(KAGGLE_SIZES))]
+
+
+def draw_photo(label: str, number: int, seed: int, size: int | str) -> bytes:
     """One JPEG, a function of its arguments alone."""
+    width, height = photo_size(label, number, seed, size)
     rng = np.random.default_rng([seed, CLASSES.index(label), number])
     base = np.array(BACKGROUNDS[label]) + rng.integers(-40, 41, 3)
     # Coarse noise, enlarged: texture like a photo's, which makes JPEGs of realistic size
     # (flat colour would compress to almost nothing and make decoding unrealistically cheap).
-    coarse = rng.normal(0, 25, (size // 8, size // 8, 3))
+    coarse = rng.normal(0, 25, (height // 8, width // 8, 3))
     texture = np.asarray(Image.fromarray(np.clip(128 + coarse, 0, 255).astype(np.uint8))
-                         .resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-    pixels = base + (texture - 128) + rng.normal(0, 6, (size, size, 3))
+                         .resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    pixels = base + (texture - 128) + rng.normal(0, 6, (height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    extent = rng.uniform(0.3, 0.7) * size
-    x, y = rng.uniform(0, size - extent, 2)
+    extent = rng.uniform(0.3, 0.7) * min(width, height)
+    x, y = rng.uniform(0, 1, 2) * (np.array([width, height]) - extent)
     draw = ImageDraw.Draw(image)
     if label == "cat":
         draw.ellipse((x, y, x + extent, y + extent), fill=(30, 20, 20))
@@ -57,7 +78,7 @@ def draw_photo(label: str, number: int, seed: int, size: int) -> bytes:
     return stream.getvalue()
 
 
-def write_photos(jobs: list[tuple[Path, str, int]], seed: int, size: int) -> int:
+def write_photos(jobs: list[tuple[Path, str, int]], seed: int, size: int | str) -> int:
     """Draw and write (path, class, number) photos; runs in a worker process."""
     for path, label, number in jobs:
         path.write_bytes(draw_photo(label, number, seed, size))
@@ -74,7 +95,8 @@ def photo_jobs(folder: Path, train: int, test: int) -> list[tuple[Path, str, int
     return jobs
 
 
-def make_layout(folder: Path, train: int, test: int, seed: int = 0, size: int = 200) -> Path:
+def make_layout(folder: Path, train: int, test: int, seed: int = 0,
+                size: int | str = 200) -> Path:
     """Write the layout into `folder` (replaced), or keep it if it already holds exactly
     this one: drawing 37,500 photos takes minutes, and a benchmark reruns often."""
     wanted = {"train": train, "test": test, "seed": seed, "size": size}
@@ -106,9 +128,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=12_500,
                         help="unlabelled test photos (default: 12,500, as Kaggle's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawing (default: 0)")
-    parser.add_argument("--size", type=int, default=200, help="photo width and height in px")
+    parser.add_argument("--size", default="200",
+                        help=f"photo width and height in px, or '{KAGGLE}': real photos' sizes")
     args = parser.parse_args()
-    make_layout(args.folder, args.train, args.test, args.seed, args.size)
+    size = args.size if args.size == KAGGLE else int(args.size)
+    make_layout(args.folder, args.train, args.test, args.seed, size)
     print(f"make_layout: {args.train:,} training and {args.test:,} test photos in {args.folder}")
 
 
