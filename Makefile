@@ -37,7 +37,7 @@ ifeq ($(filter keep create rebuild,$(VENV_ACTION)),)
 $(error $(PY_STATE))
 endif
 
-.PHONY: setup repro test test-slow test-scale demo lint exps transcripts FORCE
+.PHONY: setup repro test test-slow test-scale test-browser demo lint exps plots transcripts FORCE
 
 # Optional parts (a DVC remote's plug-in, Dask, CUDA): extras/NAME.txt, each installed once.
 EXTRAS ?=
@@ -75,7 +75,7 @@ repro: setup
 
 # Two processes: a test file, or the files sharing a costly run, stays in one (tests/conftest.py).
 test: setup
-	$(RUN) python -m pytest -m "not slow and not scale" -n 2 --dist loadgroup
+	$(RUN) python -m pytest -m "not slow and not scale and not browser" -n 2 --dist loadgroup
 
 test-slow: setup
 	$(RUN) python -m pytest -m slow -rP  # -rP: print the measured figures
@@ -83,6 +83,18 @@ test-slow: setup
 # Scaling out on loopback: S3 remote, queued grid, Dask features, 2-worker training.
 test-scale: setup $(VENV)/.installed-scale-tests
 	$(RUN) python -m pytest -m scale -rP
+
+# The plots page (`make plots`) opened in headless Chromium: every chart drawn, offline.
+# Debian's Chromium, and npm (which fetches Vega's scripts once) where there is none,
+# installed with apt (as root, as CI runs).
+CHROMIUM := /usr/bin/chromium
+NPM := $(or $(shell command -v npm),/usr/bin/npm)
+$(CHROMIUM) /usr/bin/npm:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(notdir $@)
+
+test-browser: setup $(VENV)/.installed-browser-tests $(CHROMIUM) $(NPM)
+	$(RUN) python -m pytest -m browser -rP
 
 # REPLACE=1: delete an earlier build/demo even if it holds experiments.
 demo: setup
@@ -105,6 +117,12 @@ DIR ?= .
 EXPS_DROP := ^(Created|Executor|finetune/.*|stages/.*|data/.*|models/.*|step|train\..*|eval\..*|.*\.(precision|recall|f1)|images.*|best_epoch|kept_epoch|unlabelled|unreadable)$$
 exps:
 	@cd '$(DIR)' && $(RUN) dvc exp show --only-changed --drop '$(EXPS_DROP)' --precision 4 $(ARGS)
+
+# `dvc plots show`'s page of the DVC project in DIR, in DIR/dvc_plots, with Vega's scripts
+# beside it instead of on a CDN, so that it renders offline (scripts/plots_page.py; the
+# scripts are fetched once with npm into build/vega).
+plots: setup
+	@$(RUN) python -m scripts.plots_page --project '$(DIR)'
 
 # The naive reference recipe against the pipeline, timed side by side on the same synthetic
 # photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.
