@@ -244,3 +244,36 @@ def test_features_track_exactly_the_params_that_change_the_activations():
     from finetune.features.store import FEATURE_PARAMS
 
     assert set(dvc_stages()["features"]["params"]) == set(FEATURE_PARAMS)
+
+
+# --- the model registry's entry (artifacts:) ----------------------------------------
+
+def dvc_artifacts() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+
+
+def test_the_registered_model_is_the_model_train_writes():
+    # `dvc artifacts get` fetches the artifact's path at the registered commit: it must be
+    # the model file, a DVC output (a git-tracked path would come from git, not the remote).
+    artifact, = dvc_artifacts().values()
+    assert artifact["type"] == "model"
+    assert PurePosixPath(artifact["path"]) == PurePosixPath(paths.MODEL_FILE.as_posix())
+    assert PurePosixPath(artifact["path"]) in declared(dvc_stages()["train"], ("outs",))
+
+
+def test_the_registry_accepts_the_names():
+    # GTO's naming rule (its tags are NAME@vX.Y.Z and NAME#STAGE#N), which DVC checks too.
+    from gto.constants import assert_name_is_valid
+
+    (name, artifact), = dvc_artifacts().items()
+    for value in (name, artifact["type"], *artifact["labels"]):
+        assert_name_is_valid(value)
+
+
+def test_the_description_names_only_params_that_train_tracks():
+    # DVC fills ${key} from params.yaml; a key train does not track would describe a model
+    # that the registered commit's params did not train (or fail to resolve at all).
+    artifact, = dvc_artifacts().values()
+    keys = set(re.findall(r"\$\{(\w+)\}", yaml.safe_dump(artifact)))
+    assert {"backbone", "image_size"} <= keys  # the description says both
+    assert keys <= set(dvc_stages()["train"]["params"]), keys
