@@ -244,3 +244,14 @@ def test_features_track_exactly_the_params_that_change_the_activations():
     from finetune.features.store import FEATURE_PARAMS
 
     assert set(dvc_stages()["features"]["params"]) == set(FEATURE_PARAMS)
+
+
+def test_export_reruns_when_the_model_changes_and_only_then():
+    """`dvc exp run -S lr=...` reruns export (lr reaches it through models/model.keras, a
+    dep); `-S clip=...` does not (submit's param, not export's); a param of its own picks
+    the formats."""
+    export = dvc_stages()["export"]
+    assert "models/model.keras" in export["deps"]
+    assert export["params"] == ["export_formats"]
+    assert "models/model.keras" in dvc_stages()["train"]["outs"]
+    assert "clip" in dvc_stages()["submit"]["params"]
