@@ -77,7 +77,8 @@ repro: setup
 test: setup
 	$(RUN) python -m pytest -m "not slow and not scale and not browser" -n 2 --dist loadgroup
 
-test-slow: setup
+# The exports' checks (tests/slow/test_export.py) run each format on its own runtime.
+test-slow: setup $(VENV)/.installed-export
 	$(RUN) python -m pytest -m slow -rP  # -rP: print the measured figures
 
 # Scaling out on loopback: S3 remote, queued grid, Dask features, 2-worker training.
@@ -130,3 +131,10 @@ plots: setup
 .PHONY: bench
 bench: setup
 	$(RUN) python -m scripts.bench $(ARGS)
+
+# Each export format measured on this CPU: file size, load time, one-image latency,
+# throughput at batch 32, the runtime's install size (docs/deploy.md); ARGS="--model FILE"
+# measures a trained model instead of the default network with random weights.
+.PHONY: bench-export
+bench-export: setup $(VENV)/.installed-export
+	$(RUN) python -m scripts.bench_export $(ARGS)

@@ -7,15 +7,20 @@ One line per file on stdout, in the order given: `PATH<TAB>class<TAB>probability
 and class names, so params.yaml is not read. Exit status 0: all predicted; 1: some
 failed; 2: nothing done (one line on stderr). See docs/pipeline.md, "Predicting new
 images".
+
+`--model FILE.onnx` (an export of the model, models/export/model.onnx) runs on onnxruntime,
+Pillow and NumPy alone: TensorFlow is never imported (finetune.model.onnx_runtime,
+finetune.dataset.pillow_decode; see docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from finetune.core.errors import StageError
 from finetune.core.paths import DEMO_DIR, MODEL_FILE
@@ -35,7 +40,8 @@ def parse_args() -> argparse.Namespace:
                         help="image file, or folder searched recursively for "
                              f"{' '.join(sorted(IMAGE_EXTENSIONS))} files")
     parser.add_argument("--model", type=Path, default=MODEL_FILE, metavar="FILE",
-                        help=f"trained model (default: {MODEL_FILE})")
+                        help=f"trained model (default: {MODEL_FILE}), or its ONNX export "
+                             "(FILE.onnx: run without TensorFlow)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per model call (default: 32)")
     parser.add_argument("--all", action="store_true",
@@ -64,15 +70,47 @@ def image_files(arguments: list[str]) -> list[Path]:
     return files
 
 
-def load(path: Path, size: int) -> Any:
-    """The image's pixels as the model takes them, or the reason it cannot be read."""
-    from finetune.dataset.decode import decode_pixels
+class Classifier(NamedTuple):
+    """What predict needs of a model: its image size and class names, a decoder of image
+    bytes to its pixels (or the reason they cannot be), and its probabilities per class."""
 
+    size: int
+    classes: list[str]
+    decode: Callable[[bytes, int], Any]
+    probabilities: Callable[[Any], Any]
+
+
+def keras_classifier(model_file: Path) -> Classifier:
+    """The Keras model, with the pipeline's own decoder (TensorFlow's)."""
+    from finetune.dataset.decode import decode_pixels
+    from finetune.model.saved import (
+        load_model,
+        model_class_names,
+        model_image_size,
+        predict_probabilities,
+    )
+
+    model = load_model(model_file)
+    return Classifier(model_image_size(model, model_file), model_class_names(model),
+                      decode_pixels, lambda images: predict_probabilities(model, images))
+
+
+def onnx_classifier(model_file: Path) -> Classifier:
+    """An ONNX export on onnxruntime, images decoded by Pillow: no TensorFlow."""
+    from finetune.dataset.pillow_decode import decode_pixels
+    from finetune.model.onnx_runtime import OnnxClassifier
+
+    model = OnnxClassifier(model_file)
+    return Classifier(model.image_size, model.classes, decode_pixels, model.probabilities)
+
+
+def load(path: Path, classifier: Classifier) -> Any:
+    """The image's pixels as the model takes them, or the reason it cannot be read."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return error.strerror or str(error)
-    return decode_pixels(data, size)
+    return classifier.decode(data, classifier.size)
 
 
 def missing_model(model: Path) -> str:
@@ -95,16 +133,9 @@ def predict(args: argparse.Namespace) -> int:
         raise StageError(missing_model(args.model))
     import numpy as np
 
-    from finetune.model.saved import (
-        load_model,
-        model_class_names,
-        model_image_size,
-        predict_probabilities,
-    )
-
-    model = load_model(args.model)
-    size = model_image_size(model, args.model)
-    classes = model_class_names(model)
+    classifier = (onnx_classifier if args.model.suffix.lower() == ".onnx"
+                  else keras_classifier)(args.model)
+    classes = classifier.classes
     failed = 0
     progress = Progress("predict", len(files))
     # Decoding releases the GIL, so threads decode a batch's files at once. Each file
@@ -112,11 +143,11 @@ def predict(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor() as pool:
         for start in range(0, len(files), args.batch_size):
             batch = files[start:start + args.batch_size]
-            loaded = list(pool.map(lambda path: load(path, size), batch))
+            loaded = list(pool.map(lambda path: load(path, classifier), batch))
             good = [index for index, item in enumerate(loaded) if not isinstance(item, str)]
             probabilities: dict[int, np.ndarray] = {}
             if good:
-                predicted = predict_probabilities(model, np.stack([loaded[i] for i in good]))
+                predicted = classifier.probabilities(np.stack([loaded[i] for i in good]))
                 probabilities = dict(zip(good, predicted, strict=True))
             for index, path in enumerate(batch):
                 if index in probabilities:

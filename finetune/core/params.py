@@ -86,6 +86,15 @@ def _cluster_spec(value: str) -> bool:
     return value in ("", "local") or re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", value) is not None
 
 
+# What the export stage can write (finetune.model.export): Keras's `model.export` formats.
+EXPORT_FORMATS = ("tf_saved_model", "litert", "onnx")
+
+
+def _export_formats(values: list[Any]) -> bool:
+    return (all(isinstance(value, str) and value in EXPORT_FORMATS for value in values)
+            and len(set(values)) == len(values))
+
+
 def _one_of(*choices: str) -> Callable[[str], bool]:
     def check(value: str) -> bool:
         return value in choices
@@ -131,6 +140,8 @@ PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]
     "lr": ((int, float), _positive, "> 0"),
     "keep": ((str,), _one_of("best", "last"), "'best' or 'last'"),
     "clip": ((int, float), lambda value: 0 <= value < 0.5, "in [0, 0.5)"),
+    "export_formats": ((list,), _export_formats,
+                       f"a list of distinct formats among {', '.join(EXPORT_FORMATS)}"),
     "precision": ((str,), _one_of("float32", "mixed_float16", "mixed_bfloat16"),
                   "'float32', 'mixed_float16' or 'mixed_bfloat16'"),
     "threads": ((int,), _non_negative, ">= 0 (0 = all cores)"),

@@ -45,6 +45,13 @@ MODEL_FILE = Path("models/model.keras")
 TRAIN_LIVE_DIR = Path("metrics/train")  # dvclive's folder: metrics.json and plots/
 BACKUP_DIR = Path("models/.train-backup")  # scratch: resumes a killed training
 
+# export: the trained model in the formats people deploy, with its classes beside them
+EXPORT_DIR = Path("models/export")
+EXPORT_SAVED_MODEL = EXPORT_DIR / "saved_model"  # TensorFlow SavedModel (TF Serving)
+EXPORT_TFLITE = EXPORT_DIR / "model.tflite"  # LiteRT (TensorFlow Lite)
+EXPORT_ONNX = EXPORT_DIR / "model.onnx"
+EXPORT_CLASSES = EXPORT_DIR / "classes.json"
+
 # evaluate
 EVALUATE_LIVE_DIR = Path("metrics/evaluate")
 PREDICTIONS_FILE = EVALUATE_LIVE_DIR / "predictions.csv"  # each validation image's scores

@@ -12,6 +12,7 @@ import numpy as np
 
 from finetune.core.errors import StageError
 from finetune.model import layers  # noqa: F401  registers the custom layers load_model reads
+from finetune.model.probabilities import class_probabilities
 
 
 def load_model(model_file: Path) -> keras.Model:
@@ -54,13 +55,6 @@ def check_model_classes(model: keras.Model, model_file: Path, classes: list[str]
     if names != classes:
         raise StageError(f"{model_file} was trained on the classes {names}, the features are "
                          f"of {classes}: run `dvc repro`")
-
-
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """The model's outputs as a probability per class (a column each), float64: a sigmoid's
-    single column P(second class) becomes the two columns 1 - p, p."""
-    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
-    return np.hstack([1 - outputs, outputs]) if outputs.shape[1] == 1 else outputs
 
 
 def predict_probabilities(model: keras.Model, images: Any) -> np.ndarray:

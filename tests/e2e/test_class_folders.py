@@ -42,7 +42,8 @@ def pipeline(class_folder_run):
 def test_repro_runs_every_stage_on_the_class_folders(pipeline):
     project, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
+        "export"]
     # No test set: train.zip alone, no test features, and an empty submission folder.
     assert sorted(path.name for path in (project / "data/raw").iterdir()) == ["train.zip"]
     assert sorted(path.name for path in (project / "data/features").iterdir()) == [
@@ -120,7 +121,7 @@ def test_exp_run_lr_metrics_diff_and_plots(pipeline):
     subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, env=env, check=True)
     result = dvc(project, env, "exp", "run", "-S", "lr=1e-3")
-    assert ran_stages(result.stdout) == ["train", "evaluate", "submit"]
+    assert ran_stages(result.stdout) == ["train", "evaluate", "submit", "export"]
     diff = dvc(project, env, "metrics", "diff", "--all").stdout
     for metric in ("accuracy", "log_loss", "roc_auc", "macro.f1", "bird.recall"):
         assert re.search(rf"metrics/evaluate/metrics\.json\s+{re.escape(metric)}\s", diff), diff

@@ -34,6 +34,8 @@ OUTS = [
     "models/backbone_notop.h5", "models/model.keras",
     "metrics/train/metrics.json", "metrics/evaluate/metrics.json",
     "metrics/evaluate/predictions.csv", "data/submission/submission.csv",
+    "models/export/saved_model/saved_model.pb", "models/export/model.tflite",
+    "models/export/classes.json",
 ]
 
 
@@ -67,7 +69,8 @@ def pipeline(sample_dir, inception_weights, tmp_path_factory):
 def test_repro_builds_every_declared_output(pipeline):
     project, _, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
+        "export"]
     for out in OUTS:
         assert (project / out).exists(), f"{out} missing after dvc repro"
     assert len(list((project / "data/train/cat").iterdir())) == 60
@@ -95,7 +98,7 @@ def test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff(pipeline):
     result = dvc(project, env, "exp", "run", "-S", "lr=1e-4")
     # Nothing upstream of train reruns: no download, no extraction. submit predicts
     # with the new model, so it reruns with evaluate.
-    assert ran_stages(result.stdout) == ["train", "evaluate", "submit"]
+    assert ran_stages(result.stdout) == ["train", "evaluate", "submit", "export"]
     assert yaml.safe_load((project / "params.yaml").read_text())["lr"] in (1e-4, "1e-4")
 
     # --all: with random backbone weights the accuracy can stay at exactly 0.5, and

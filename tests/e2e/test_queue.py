@@ -37,7 +37,7 @@ GRID = ("1e-3", "3e-2")  # lr of the two queued experiments
 # their outputs hash as the baseline's, so everything downstream of them is cached.
 RESPELLED = ("-S", "data_source=./../photos", "-S", "weights_urls=[./../weights.h5]")
 THREADS = ("-S", "threads=1")  # two jobs on two cores: one each (tracked by no stage)
-RERUN = ["fetch_data", "fetch_weights", "train", "evaluate", "submit"]
+RERUN = ["fetch_data", "fetch_weights", "train", "evaluate", "submit", "export"]
 WAIT_S = 300
 
 
@@ -55,7 +55,8 @@ def baseline(tmp_path_factory, mobilenet_random_weights) -> tuple[Path, dict[str
     env = stage_env()
     first = dvc(project, env, "repro")
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
+        "export"]
     git("add", "-A", cwd=project)
     git("commit", "-qm", "baseline", cwd=project)
     return project, env
@@ -209,7 +210,7 @@ def test_a_killed_job_fails_visibly_and_the_next_one_runs(baseline):
     finally:
         stop_queue(project, env)
     after = dvc(project, env, "exp", "run", "-S", "lr=3e-2")  # and in the workspace
-    assert ran_stages(after.stdout) == ["train", "evaluate", "submit"], after.stdout
+    assert ran_stages(after.stdout) == ["train", "evaluate", "submit", "export"], after.stdout
 
 
 def git_status(project: Path) -> str:

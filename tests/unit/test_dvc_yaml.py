@@ -277,3 +277,13 @@ def test_the_description_names_only_params_that_train_tracks():
     keys = set(re.findall(r"\$\{(\w+)\}", yaml.safe_dump(artifact)))
     assert {"backbone", "image_size"} <= keys  # the description says both
     assert keys <= set(dvc_stages()["train"]["params"]), keys
+
+def test_export_reruns_when_the_model_changes_and_only_then():
+    """`dvc exp run -S lr=...` reruns export (lr reaches it through models/model.keras, a
+    dep); `-S clip=...` does not (submit's param, not export's); a param of its own picks
+    the formats."""
+    export = dvc_stages()["export"]
+    assert "models/model.keras" in export["deps"]
+    assert export["params"] == ["export_formats"]
+    assert "models/model.keras" in dvc_stages()["train"]["outs"]
+    assert "clip" in dvc_stages()["submit"]["params"]
