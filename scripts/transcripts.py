@@ -207,8 +207,14 @@ def shell_env(project: Path) -> dict[str, str]:
     venv = ROOT / ".venv"  # what the copies' .venv links to
     # Not what a user's shell has: pytest's, and make's when this runs under make (a make
     # in a transcript would say "make[1]: Entering directory").
+    # make also exports its command line's variables (`make transcripts ARGS=--update`
+    # would hand ARGS to a transcript's `make exps`): MAKEFLAGS names them after " -- ".
+    words = os.environ.get("MAKEFLAGS", "").split()
+    overrides = {word.partition("=")[0] for word in words[words.index("--") + 1:]
+                 if "=" in word} if "--" in words else set()
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTEST", "COV_", "VIRTUAL_ENV", "MAKE", "MFLAGS"))}
+           if key not in overrides
+           and not key.startswith(("PYTEST", "COV_", "VIRTUAL_ENV", "MAKE", "MFLAGS"))}
     return {**env, "PATH": f"{venv / 'bin'}:{env['PATH']}", "VIRTUAL_ENV": str(venv),
             "DVC_NO_ANALYTICS": "1", "TERM": "dumb", "NO_COLOR": "1", "COLUMNS": "120"}
 

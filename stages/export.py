@@ -15,14 +15,21 @@ pay; list the formats where a model is to be shipped.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from pathlib import Path
 
 from finetune.core.atomic import atomic_output
 from finetune.core.params import load_params
-from finetune.core.paths import EXPORT_DIR, MODEL_FILE
+from finetune.core.paths import EXPORT_DIR, EXPORT_LIST, MODEL_FILE
 from finetune.core.runner import run_main
 from finetune.model.export import check_exporters, export_model
+
+
+def list_formats(folder: Path, formats: list[str]) -> None:
+    """formats.json: the formats `folder` (the export folder being written) holds."""
+    (folder / EXPORT_LIST.name).write_text(json.dumps({"formats": formats}) + "\n")
 
 
 def main() -> None:
@@ -31,6 +38,7 @@ def main() -> None:
     if not formats:
         with atomic_output(EXPORT_DIR) as folder:
             folder.mkdir()
+            list_formats(folder, formats)
         print(f"export: nothing to export (export_formats: []): list tf_saved_model, litert "
               f"or onnx to write them to {EXPORT_DIR}", file=sys.stderr)
         return
@@ -46,9 +54,10 @@ def main() -> None:
         warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
         folder.mkdir()
         written = export_model(model, folder, formats, classes, size)
+        list_formats(folder, formats)
     names = ", ".join(path.name for path in written.values()) or "no model file"
-    print(f"export: wrote {EXPORT_DIR}: {names} and classes.json ({len(classes)} classes, "
-          f"{size} px)", file=sys.stderr)
+    print(f"export: wrote {EXPORT_DIR}: {names}, classes.json and formats.json "
+          f"({len(classes)} classes, {size} px)", file=sys.stderr)
 
 
 if __name__ == "__main__":

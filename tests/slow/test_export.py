@@ -93,7 +93,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, mobilenet_weights: Path,
 def test_export_writes_every_format_with_the_classes_beside_them(project):
     export = project / "models" / "export"
     assert sorted(path.name for path in export.iterdir()) == [
-        "classes.json", "model.onnx", "model.tflite", "saved_model"]
+        "classes.json", "formats.json", "model.onnx", "model.tflite", "saved_model"]
     assert json.loads((export / "classes.json").read_text()) == {
         "classes": CLASSES, "image_size": SIZE}
     assert (export / "saved_model" / "saved_model.pb").is_file()

@@ -25,6 +25,7 @@ def test_no_model_is_refused_with_the_command_that_makes_it(tmp_path):
 def test_by_default_nothing_is_exported_and_tensorflow_is_not_loaded(tmp_path):
     """export_formats: [] (params.yaml's): an empty models/export at once, no model read
     (there is none here) and no TensorFlow started, so experiments do not pay for it."""
+    import json
     import subprocess
     import sys
 
@@ -37,5 +38,6 @@ def test_by_default_nothing_is_exported_and_tensorflow_is_not_loaded(tmp_path):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
-    assert list((tmp_path / "models/export").iterdir()) == []
+    assert [path.name for path in (tmp_path / "models/export").iterdir()] == ["formats.json"]
+    assert json.loads((tmp_path / "models/export/formats.json").read_text()) == {"formats": []}
     assert "export: nothing to export (export_formats: [])" in done.stderr
