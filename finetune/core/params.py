@@ -130,6 +130,7 @@ PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]
     "epochs": ((int,), _at_least_one, ">= 1"),
     "lr": ((int, float), _positive, "> 0"),
     "keep": ((str,), _one_of("best", "last"), "'best' or 'last'"),
+    "calibration": ((str,), _one_of("none", "temperature"), "'none' or 'temperature'"),
     "clip": ((int, float), lambda value: 0 <= value < 0.5, "in [0, 0.5)"),
     "precision": ((str,), _one_of("float32", "mixed_float16", "mixed_bfloat16"),
                   "'float32', 'mixed_float16' or 'mixed_bfloat16'"),
