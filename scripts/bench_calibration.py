@@ -12,7 +12,8 @@ temperature. Printed per row: validation accuracy, log loss (for `temperature`, 
 cross-fitted one evaluate reports: each image scored with the temperature fitted on the
 other folds), expected calibration error (10 bins), the temperature, the stage times, and
 the seconds the calibration itself took (train's fit, evaluate's cross-fitting, as the
-stages print them). The figures go to OUT/results.json too.
+stages print them). The figures go to OUT/results.json too, and each run's metrics.json
+to OUT/<config>-<calibration>-metrics.json.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def measure(project: Path, calibration: str, env: dict[str, str]) -> dict[str, A
                                           sort_keys=False))
     train_s, train_log = run([sys.executable, "-m", "stages.train"], project, env)
     evaluate_s, evaluate_log = run([sys.executable, "-m", "stages.evaluate"], project, env)
-    metrics = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    metrics_file = project / "metrics/evaluate/metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    # Kept as written, to compare with other runs (`make demo`'s, for the demo with none).
+    shutil.copy(metrics_file, project.parent / f"{project.name}-{calibration}-metrics.json")
     _, names, probabilities, classes = read_predictions(project / PREDICTIONS_FILE)
     labels = np.array([classes.index(name) for name in names])
     extra = metrics.get("calibration", {})

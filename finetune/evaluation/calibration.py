@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from finetune.core.errors import StageError
-from finetune.model.calibration import fit_temperature, scaled_probabilities
+from finetune.model.calibration import class_indices, fit_temperature, scaled_probabilities
 
 FOLDS = 5
 BINS = 10
@@ -54,7 +54,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def cross_fit(logits: np.ndarray, labels: np.ndarray, seed: int, folds: int = FOLDS
               ) -> CrossFit:
     """Every image's probabilities under the temperature fitted on the folds it is not in."""
-    labels = np.asarray(labels)
+    labels = class_indices(labels)
     folds = min(folds, len(labels))
     if folds < 2:
         raise StageError(f"a calibrated model needs at least 2 validation images to be "

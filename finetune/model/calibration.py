@@ -31,10 +31,17 @@ def scaled_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def class_indices(labels: np.ndarray) -> np.ndarray:
+    """Labels as a flat array of class indices: training's binary labels are a float
+    column, (n, 1), which would index a (n, n) block of a logits array, not n entries."""
+    return np.asarray(labels).reshape(-1).astype(np.int64)
+
+
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float
                             ) -> float:
     """The mean of -log P(true class) under softmax(logits / temperature): log loss,
     computed from the logits (never from clipped probabilities)."""
+    labels = class_indices(labels)
     scaled = logit_columns(logits) / temperature
     peak = scaled.max(axis=1, keepdims=True)
     log_sum = peak[:, 0] + np.log(np.exp(scaled - peak).sum(axis=1))
@@ -50,8 +57,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     crosses zero, found by bisection (on log b, for relative precision). Deterministic, and
     exact up to float64 rounding."""
     z = logit_columns(logits)
-    labels = np.asarray(labels, dtype=np.int64)
-    true = z[np.arange(len(z)), labels]
+    true = z[np.arange(len(z)), class_indices(labels)]
 
     def slope(log_b: float) -> float:
         p = scaled_probabilities(z, 1 / np.exp(log_b))

@@ -8,6 +8,7 @@ metrics move from epoch to epoch and equal metrics mean something.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -351,12 +352,19 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     import keras
     import numpy as np
 
-    from finetune.core.paths import TEST_FEATURES
+    from finetune.core.params import load_params
+    from finetune.core.paths import TEST_FEATURES, TRAIN_FEATURES
     from finetune.dataset.decode import load_images
     from finetune.features.store import FeatureFile
     from finetune.model.assembly import logits_part, model_temperature, trained_part
-    from finetune.model.calibration import scaled_probabilities
+    from finetune.model.calibration import (
+        MAX_TEMPERATURE,
+        MIN_TEMPERATURE,
+        fit_temperature,
+        scaled_probabilities,
+    )
     from finetune.model.saved import load_model, predict_probabilities
+    from finetune.training.inputs import feature_data
     from tests.support.projects import write_params
     from tests.support.scores import reference_scores
 
@@ -369,12 +377,10 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
         assert trained.returncode == 0, trained.stderr[-3000:]
         evaluated = call_stage("evaluate", project)
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-        assert call_stage("submit", project).returncode == 0
         runs[calibration] = {
             "stderr": trained.stderr + evaluated.stderr,
             "model": load_model(project / "models/model.keras"),
-            "metrics": json.loads((project / "metrics/evaluate/metrics.json").read_text()),
-            "submission": (project / "data/submission/submission.csv").read_text()}
+            "metrics": json.loads((project / "metrics/evaluate/metrics.json").read_text())}
     none, calibrated = runs["none"], runs["temperature"]
 
     # none: the model as build_model makes it, the metrics of before (no calibration/ key).
@@ -395,6 +401,17 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     assert f"calibrated (temperature {temperature:.6g}), cross-fitted over 5 folds" in (
         calibrated["stderr"])
     assert calibrated["metrics"]["calibration"]["temperature"] == temperature
+    # The temperature that fits the validation split best: its logits (from the cached
+    # features, as train read them), its labels (from the photos' class folders).
+    with contextlib.chdir(project):
+        validation = feature_data(load_params())
+    classes = ["cat", "dog"]
+    labels = np.array([classes.index(Path(path).parts[0])
+                       for path in validation.validation_paths])
+    rows = FeatureFile(project / TRAIN_FEATURES)[validation.validation.rows]
+    validation_logits = logits_part(model).predict_on_batch(rows.astype(np.float32))
+    assert temperature == pytest.approx(fit_temperature(validation_logits, labels), rel=1e-6)
+    assert MIN_TEMPERATURE < temperature < MAX_TEMPERATURE
     # The same training: the output layer's weights, now the logits', are those of `none`.
     for mine, theirs in zip(model.get_layer("head").get_layer("logits").get_weights(),
                             none["model"].get_layer("head").layers[-1].get_weights(),
@@ -421,12 +438,13 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
                if line]
     assert printed == pytest.approx(expected[:, 1], abs=1e-6)
     # ... and what submit writes (clipped) for the test set's cached features.
+    assert call_stage("submit", project).returncode == 0
     features = FeatureFile(project / TEST_FEATURES)[np.arange(4)].astype(np.float32)
     test_logits = logits_part(model).predict_on_batch(features)
-    submitted = [float(row.split(",")[1]) for row in calibrated["submission"].split()[1:]]
+    submission = (project / "data/submission/submission.csv").read_text()
+    submitted = [float(row.split(",")[1]) for row in submission.split()[1:]]
     assert submitted == pytest.approx(np.clip(scaled_probabilities(test_logits, temperature)[:, 1],
                                               0.005, 0.995), abs=1e-6)
     assert np.asarray(trained_part(model).predict_on_batch(features)).ravel() == pytest.approx(
         scaled_probabilities(test_logits, temperature)[:, 1], abs=1e-6)
-    assert calibrated["submission"] != none["submission"]
     keras.backend.clear_session()

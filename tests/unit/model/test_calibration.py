@@ -73,3 +73,12 @@ def test_a_separable_set_stops_at_the_bound():
 def test_the_fit_is_deterministic():
     logits, labels = calibrated_set(4, images=300)
     assert fit_temperature(logits, labels) == fit_temperature(logits.copy(), labels.copy())
+
+
+def test_labels_as_a_float_column_are_the_same_labels():
+    # Training's binary labels are float32 of shape (n, 1), as Keras's loss takes them.
+    logits, labels = calibrated_set(2, images=300)
+    column = labels.astype(np.float32)[:, None]
+    assert fit_temperature(logits, column) == fit_temperature(logits, labels)
+    assert negative_log_likelihood(logits, column, 1.7) == negative_log_likelihood(
+        logits, labels, 1.7)
