@@ -37,7 +37,7 @@ from finetune.dataset.split import (
     train_only_classes,
     train_only_note,
 )
-from finetune.evaluation.calibration import cross_fit
+from finetune.evaluation.calibration import cross_fitted
 from finetune.evaluation.mistakes import mistakes_figure
 from finetune.evaluation.predictions import write_predictions
 from finetune.evaluation.scores import headline, log_scores
@@ -73,7 +73,8 @@ def main() -> None:
                          "validation images (did training diverge?): check metrics/train and "
                          "retrain")
     started = time.perf_counter()
-    calibrated = None if temperature is None else cross_fit(outputs, labels, params["seed"])
+    calibrated = None if temperature is None else cross_fitted(outputs, labels,
+                                                                params["seed"])
     fitting = time.perf_counter() - started
     probabilities = class_probabilities(outputs) if calibrated is None else (
         calibrated.probabilities)

@@ -28,7 +28,7 @@ from finetune.model.assembly import (
     trained_part,
     with_temperature,
 )
-from finetune.model.calibration import fit_temperature
+from finetune.model.calibration import choose_temperature
 from finetune.training.checkpoints import (
     Checkpoints,
     best_epoch,
@@ -136,7 +136,8 @@ def inference_model(params: dict[str, Any], model: keras.Model, data: TrainingDa
                     ) -> keras.Model:
     """What train saves: `model` without its optimizer (Adam's moment estimates, twice the
     trainable weights, only matter to resume training); with `calibration: temperature`,
-    its logits divided by the temperature that fits the validation split best."""
+    its logits divided by the temperature chosen on the validation split (the best fit, if
+    cross-fitting says it lowers the log loss; else 1)."""
     if params["calibration"] == "none":
         return keras.Model(model.inputs, model.outputs, name=model.name)
     start = time.perf_counter()
@@ -144,11 +145,16 @@ def inference_model(params: dict[str, Any], model: keras.Model, data: TrainingDa
     validation = data.validation
     logits = np.concatenate([logits_model.predict_on_batch(validation[index][0])
                              for index in range(validation.num_batches)])
-    temperature = fit_temperature(logits, validation.labels)
-    print(f"train: temperature {temperature:.6g} fitted on the logits of the "
-          f"{len(logits)} validation images ({time.perf_counter() - start:.2f} s)",
-          file=sys.stderr)
-    return with_temperature(model, temperature)
+    choice = choose_temperature(logits, validation.labels, params["seed"])
+    why = (f"cross-fitted log loss {choice.log_loss_fitted:.4f} against "
+           f"{choice.log_loss_uncalibrated:.4f} uncalibrated")
+    print(f"train: temperature {choice.temperature:.6g} "
+          + (f"fitted on the logits of the {len(logits)} validation images ({why})"
+             if choice.temperature != 1.0 else
+             f"kept: the {choice.fitted:.6g} fitted on the logits of the {len(logits)} "
+             f"validation images would not lower their log loss ({why})")
+          + f" ({time.perf_counter() - start:.2f} s)", file=sys.stderr)
+    return with_temperature(model, choice.temperature)
 
 
 def diverged(params: dict[str, Any], history: list[float], best: int | None) -> str:

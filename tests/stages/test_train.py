@@ -360,7 +360,7 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     from finetune.model.calibration import (
         MAX_TEMPERATURE,
         MIN_TEMPERATURE,
-        fit_temperature,
+        choose_temperature,
         scaled_probabilities,
     )
     from finetune.model.saved import load_model, predict_probabilities
@@ -368,8 +368,12 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     from tests.support.projects import write_params
     from tests.support.scores import reference_scores
 
-    short = {**INPUTS["features"], "head_epochs": 0, "epochs": 1}
-    project = make_project(tmp_path / "project", sample_dir, weights_file, **short)
+    # 60 validation photos: on a dozen, cross-fitting rightly finds no temperature worth
+    # keeping, and train keeps 1 (tests/unit/evaluation/test_calibration.py).
+    short = {**INPUTS["features"], "head_epochs": 0, "epochs": 2, "val_split": 0.5}
+    project = lay_out_project(tmp_path / "project", sample_dir, weights_file, 60,
+                              **{**SMALL, **short})
+    extract_features(project)
     runs = {}
     for calibration in ("none", "temperature"):
         write_params(project, **{**SMALL, **short, "calibration": calibration})
@@ -396,8 +400,8 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     model = calibrated["model"]
     temperature = model_temperature(model)
     assert temperature is not None and temperature != 1.0
-    assert f"train: temperature {temperature:.6g} fitted on the logits of the 12 validation " \
-           "images" in calibrated["stderr"]
+    assert f"train: temperature {temperature:.6g} fitted on the logits of the 60 validation " \
+           "images (cross-fitted log loss " in calibrated["stderr"]
     assert f"calibrated (temperature {temperature:.6g}), cross-fitted over 5 folds" in (
         calibrated["stderr"])
     assert calibrated["metrics"]["calibration"]["temperature"] == temperature
@@ -410,7 +414,9 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
                        for path in validation.validation_paths])
     rows = FeatureFile(project / TRAIN_FEATURES)[validation.validation.rows]
     validation_logits = logits_part(model).predict_on_batch(rows.astype(np.float32))
-    assert temperature == pytest.approx(fit_temperature(validation_logits, labels), rel=1e-6)
+    choice = choose_temperature(validation_logits, labels, 1234)
+    assert temperature == pytest.approx(choice.temperature, rel=1e-6)
+    assert choice.temperature == choice.fitted  # precondition: a temperature to apply
     assert MIN_TEMPERATURE < temperature < MAX_TEMPERATURE
     # The same training: the output layer's weights, now the logits', are those of `none`.
     for mine, theirs in zip(model.get_layer("head").get_layer("logits").get_weights(),

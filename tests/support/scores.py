@@ -174,15 +174,19 @@ def assert_evaluation_is_sound(project: Path) -> None:
 def cross_fitted(model: object, photos: np.ndarray, labels: np.ndarray, params: dict,
                  classes: int) -> tuple[np.ndarray, dict]:
     """A calibrated model's validation probabilities as evaluate scores them, recomputed:
-    each fold's logits (from the pixels) divided by the temperature fitted on the other
-    folds' (fit_temperature: tests/unit/model/test_calibration.py); and what
-    reference_scores needs of it, the uncalibrated probabilities from the cached features'
-    logits, as evaluate reads them."""
+    each fold's logits (from the pixels) divided by the temperature train's choice gives on
+    the other folds' (choose_temperature: tests/unit/evaluation/test_calibration.py); and
+    what reference_scores needs of it, the uncalibrated probabilities from the cached
+    features' logits, as evaluate reads them."""
     from finetune.core.paths import TRAIN_FEATURES
-    from finetune.evaluation.calibration import FOLDS, stratified_folds
     from finetune.features.store import FeatureFile
     from finetune.model.assembly import logits_part, model_temperature
-    from finetune.model.calibration import fit_temperature, scaled_probabilities
+    from finetune.model.calibration import (
+        FOLDS,
+        choose_temperature,
+        scaled_probabilities,
+        stratified_folds,
+    )
     from finetune.training.inputs import feature_data
 
     logits = np.asarray(logits_part(model, on_features=False).predict_on_batch(
@@ -192,7 +196,8 @@ def cross_fitted(model: object, photos: np.ndarray, labels: np.ndarray, params: 
     direct = np.empty((len(labels), classes))
     for fold in range(folds):
         held_out = fold_of == fold
-        temperature = fit_temperature(logits[~held_out], labels[~held_out])
+        temperature = choose_temperature(logits[~held_out], labels[~held_out],
+                                         params["seed"]).temperature
         direct[held_out] = scaled_probabilities(logits[held_out], temperature)
     validation = feature_data(params).validation
     features = FeatureFile(TRAIN_FEATURES)[validation.rows].astype(np.float32)

@@ -1,6 +1,6 @@
-"""finetune.evaluation.calibration: stratified folds, cross-fitting that never scores a
-fold with a temperature fitted on it, and the reliability bins and ECE against their
-definitions (tests.support.scores)."""
+"""Cross-fitting (finetune.model.calibration) that never scores a fold with a temperature
+fitted on it, train's choice of temperature, evaluate's cross-fitting of that choice, and
+the reliability bins and ECE against their definitions (tests.support.scores)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import pytest
 
 from finetune.core.errors import StageError
 from finetune.evaluation.calibration import (
-    cross_fit,
+    cross_fitted,
     expected_calibration_error,
     reliability,
-    stratified_folds,
 )
 from finetune.evaluation.scores import log_loss_of
-from finetune.model.calibration import fit_temperature, scaled_probabilities
+from finetune.model.calibration import (
+    choose_temperature,
+    cross_fit,
+    fit_temperature,
+    negative_log_likelihood,
+    scaled_probabilities,
+    stratified_folds,
+)
 from tests.support.scores import reference_ece
 
 
@@ -83,6 +89,41 @@ def test_cross_fitting_an_overconfident_model_lowers_its_log_loss_and_ece(classe
     # Argmax, so accuracy, is unchanged by any temperature.
     assert np.array_equal(fitted.probabilities.argmax(axis=1),
                           fitted.uncalibrated.argmax(axis=1))
+
+
+def calibrated_set(images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes, labels drawn from sigmoid(z): calibrated at T = 1 by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (images, 1))
+    return logits, (rng.random(images) < 1 / (1 + np.exp(-logits[:, 0]))).astype(int)
+
+
+def test_the_fitted_temperature_is_kept_only_where_cross_fitting_says_it_helps():
+    # Overconfident: the fit, which cross-fitting confirms.
+    logits, labels = overconfident_set()
+    choice = choose_temperature(logits, labels, seed=7)
+    assert choice.temperature == choice.fitted == fit_temperature(logits, labels)
+    assert choice.log_loss_fitted < choice.log_loss_uncalibrated
+    # Calibrated already, on a small split: each choice follows its cross-fitted figures,
+    # and some keep 1 (the fit's noise would cost more than it removes).
+    kept = 0
+    for seed in range(6):
+        logits, labels = calibrated_set(60, seed)
+        choice = choose_temperature(logits, labels, seed)
+        helps = choice.log_loss_fitted < choice.log_loss_uncalibrated
+        assert choice.temperature == (choice.fitted if helps else 1.0)
+        assert choice.log_loss_uncalibrated == negative_log_likelihood(logits, labels, 1.0)
+        kept += choice.temperature == 1.0
+    assert kept >= 1
+
+
+def test_evaluate_cross_fits_trains_whole_choice():
+    # Nested: each fold's temperature is what train's choice gives on the other folds.
+    logits, labels = calibrated_set(100, seed=3)
+    fitted = cross_fitted(logits, labels, seed=5)
+    for fold, temperature in enumerate(fitted.temperatures):
+        others = fitted.fold_of != fold
+        assert temperature == choose_temperature(logits[others], labels[others], 5).temperature
 
 
 def test_too_few_images_to_cross_fit_is_one_line():
