@@ -3,14 +3,17 @@
 It runs the layers above the frozen part on the validation images' cached activations
 (data/features): the same split, by path, as train's. Writes metrics/evaluate/metrics.json
 (accuracy, log loss, ROC AUC, per-class precision/recall/F1 and their macro average) and
-plot data for a confusion matrix, ROC and precision-recall curves, plus a grid of the most
-confident mistakes, all through dvclive, and every image's prediction to
-metrics/evaluate/predictions.csv (finetune.evaluation).
+plot data for a confusion matrix, ROC and precision-recall curves and a reliability
+diagram, plus a grid of the most confident mistakes, all through dvclive, and every image's
+prediction to metrics/evaluate/predictions.csv (finetune.evaluation). A model calibrated
+by train (`calibration: temperature`) is scored on cross-fitted probabilities: each
+image's from a temperature fitted without it (finetune.evaluation.calibration).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -34,11 +37,12 @@ from finetune.dataset.split import (
     train_only_classes,
     train_only_note,
 )
+from finetune.evaluation.calibration import cross_fitted
 from finetune.evaluation.mistakes import mistakes_figure
 from finetune.evaluation.predictions import write_predictions
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
-from finetune.model.assembly import trained_part
+from finetune.model.assembly import logits_part, model_temperature, trained_part
 from finetune.model.saved import check_model_classes, class_probabilities, load_model
 
 
@@ -56,24 +60,34 @@ def main() -> None:
     configure(params)
     model = load_model(MODEL_FILE)
     check_model_classes(model, MODEL_FILE, classes)
-    model = trained_part(model)
-    probabilities = class_probabilities(predict_rows(
-        model, FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
-        params["batch_size"], "evaluate: validation images"))
-    if not np.isfinite(probabilities).all():  # scores of NaN would be cached as metrics
-        bad = int((~np.isfinite(probabilities)).any(axis=-1).sum())
-        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(probabilities)} "
+    labels = np.array([label for _, label in val_files])
+    temperature = model_temperature(model)
+    # A calibrated model is scored cross-fitted, from its logits (finetune.evaluation.calibration).
+    outputs = predict_rows(
+        trained_part(model) if temperature is None else logits_part(model),
+        FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
+        params["batch_size"], "evaluate: validation images")
+    if not np.isfinite(outputs).all():  # scores of NaN would be cached as metrics
+        bad = int((~np.isfinite(outputs)).any(axis=-1).sum())
+        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(outputs)} "
                          "validation images (did training diverge?): check metrics/train and "
                          "retrain")
-    labels = np.array([label for _, label in val_files])
+    started = time.perf_counter()
+    calibrated = None if temperature is None else cross_fitted(outputs, labels,
+                                                                params["seed"])
+    fitting = time.perf_counter() - started
+    probabilities = class_probabilities(outputs) if calibrated is None else (
+        calibrated.probabilities)
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        log_scores(live, labels, probabilities, classes, train_only)
+        log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
         photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
         live.log_image("mistakes.png", mistakes_figure(photos, labels, probabilities, classes))
         summary = headline(live.summary)
     write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
-    print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}",
+    print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}"
+          + ("" if calibrated is None else f", calibrated (temperature {temperature:.6g}), "
+             f"cross-fitted over {len(calibrated.temperatures)} folds ({fitting:.2f} s)"),
           file=sys.stderr)
     if train_only:
         print(f"evaluate: {train_only_note(train_only, params['val_split'])}", file=sys.stderr)

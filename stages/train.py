@@ -5,7 +5,9 @@ then fine-tunes the layers after `unfreeze_after` (`epochs` at `lr`). Per-epoch 
 to metrics/train through dvclive; the model kept is the epoch with the lowest validation
 loss (`keep: best`) or the last one. It trains on the features stage's cached
 activations, or on pixels when augmentation is on (finetune.training.inputs), and saves
-the whole model, frozen part included, taking raw pixels (finetune.training.fit).
+the whole model, frozen part included, taking raw pixels (finetune.training.fit); with
+`calibration: temperature`, with the temperature fitted on the validation split's logits
+in it (finetune.model.calibration).
 
 A killed run resumes on the next `dvc repro` with identical results
 (finetune.training.checkpoints). With `strategy: multi_worker` it trains on several

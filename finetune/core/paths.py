@@ -58,6 +58,8 @@ EXPORT_LIST = EXPORT_DIR / "formats.json"
 # evaluate
 EVALUATE_LIVE_DIR = Path("metrics/evaluate")
 PREDICTIONS_FILE = EVALUATE_LIVE_DIR / "predictions.csv"  # each validation image's scores
+# the reliability diagram's points: dvclive's log_plot writes plots/custom/<name>.json
+RELIABILITY_PLOT = EVALUATE_LIVE_DIR / "plots" / "custom" / "reliability.json"
 
 # submit: SUBMISSION_DIR holds SUBMISSION_FILE where the data set has a test set
 SUBMISSION_DIR = Path("data/submission")

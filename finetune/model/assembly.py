@@ -13,6 +13,10 @@ output):
                         sigmoid for two classes or a softmax over N)
       -> class_names   (the identity, carrying the class names into the saved model)
 
+With `calibration: temperature` the saved model's head ends instead in a linear Dense layer
+(the same weights: the logits) and a Temperature layer, which divides them by the
+temperature fitted after training and applies the sigmoid or softmax (with_temperature).
+
 BatchNormalization layers of the backbone always run in inference mode, keeping
 their ImageNet statistics while the layers around them are fine-tuned (the Keras
 transfer-learning guide's rule). The guide's `base(x, training=False)` is not
@@ -34,7 +38,13 @@ from finetune.model.backbone import (
     layer_name,
     load_backbone_weights,
 )
-from finetune.model.layers import ClassNames, augmentation, build_head, preprocessing
+from finetune.model.layers import (
+    ClassNames,
+    Temperature,
+    augmentation,
+    build_head,
+    preprocessing,
+)
 
 
 def frozen_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model:
@@ -100,10 +110,56 @@ def trained_part(model: keras.Model) -> keras.Model:
     its own that takes frozen_base's activations. It shares its layers with `model`:
     training one trains the other."""
     features = keras.Input(model.get_layer("frozen_base").output.shape[1:], name="features")
-    x = features
-    if "trainable_base" in [layer.name for layer in model.layers]:
-        x = model.get_layer("trainable_base")(x)
+    x = _trainable_base(model, features)
     return keras.Model(features, model.get_layer("head")(x), name="trained_part")
+
+
+def _trainable_base(model: keras.Model, x: Any) -> Any:
+    if "trainable_base" in [layer.name for layer in model.layers]:
+        return model.get_layer("trainable_base")(x)
+    return x
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """`model` (as build_model made it) with its outputs divided by `temperature` before the
+    sigmoid or softmax: the head's output Dense layer becomes a linear one named `logits`,
+    of the same weights, followed by a Temperature layer. Every other layer is shared."""
+    head = model.get_layer("head")
+    output = head.layers[-1]
+    logits = keras.layers.Dense.from_config(
+        {**output.get_config(), "activation": "linear", "name": "logits"})
+    calibrated_head = keras.Sequential(
+        [*head.layers[:-1], logits,
+         Temperature(temperature, output.get_config()["activation"], name="temperature",
+                     dtype="float32")],
+        name="head")
+    x = calibrated_head(head.input)  # head.input: what the head is called on in `model`
+    logits.set_weights(output.get_weights())
+    outputs = ClassNames(model.get_layer("class_names").names, name="class_names",
+                         dtype="float32")(x)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def model_temperature(model: keras.Model) -> float | None:
+    """The temperature a calibrated model divides its logits by; None for one saved with
+    `calibration: none`."""
+    last = model.get_layer("head").layers[-1]
+    return last.temperature if isinstance(last, Temperature) else None
+
+
+def logits_part(model: keras.Model, on_features: bool = True) -> keras.Model:
+    """The logits of a model with_temperature made (its Temperature layer's input), as a
+    model of its own that takes frozen_base's activations (`on_features`) or raw pixels."""
+    if on_features:
+        inputs = keras.Input(model.get_layer("frozen_base").output.shape[1:], name="features")
+        x = inputs
+    else:  # augmentation left out: it changes nothing outside training
+        inputs = keras.Input(model.input_shape[1:], name="image")
+        x = model.get_layer("frozen_base")(model.get_layer("preprocessing")(inputs))
+    x = _trainable_base(model, x)
+    for layer in model.get_layer("head").layers[:-1]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="logits_part")
 
 
 def set_phase(model: keras.Model, params: dict[str, Any], fine_tune: bool) -> None:

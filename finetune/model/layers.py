@@ -1,5 +1,6 @@
-"""The layers around the backbone: augmentation, preprocessing, the head, and the layer
-that carries the class names into the saved model."""
+"""The layers around the backbone: augmentation, preprocessing, the head (with its
+temperature, when calibrated), and the layer that carries the class names into the saved
+model."""
 
 from __future__ import annotations
 
@@ -63,6 +64,29 @@ class ClassNames(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "names": self.names}
+
+
+@keras.saving.register_keras_serializable(package="dogs_vs_cats")
+class Temperature(keras.layers.Layer):
+    """The output's activation (sigmoid or softmax) of the logits divided by one temperature,
+    fitted after training (`calibration: temperature`, finetune.model.calibration). The last
+    layer of a calibrated head, after the output Dense layer made linear: the saved model
+    gives calibrated probabilities, so predict and submit need no params to apply it."""
+
+    def __init__(self, temperature: float, activation: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+        self.activation = activation  # "sigmoid" or "softmax", the output Dense layer's
+
+    def call(self, logits: Any) -> Any:
+        return keras.activations.get(self.activation)(logits / self.temperature)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "temperature": self.temperature,
+                "activation": self.activation}
 
 
 def build_head(params: dict[str, Any], classes: int) -> keras.Sequential:

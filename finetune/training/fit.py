@@ -1,6 +1,7 @@
 """The fit loop: build the model, fit (the head alone first if asked, then fine-tuning),
-resume a killed run of the same training, keep the best or last epoch, and save the whole
-model, frozen part included, taking raw pixels. On a multi-worker cluster every worker
+resume a killed run of the same training, keep the best or last epoch, fit its temperature
+on the validation split if asked (`calibration`), and save the whole model, frozen part
+included, taking raw pixels. On a multi-worker cluster every worker
 runs it in step (finetune.training.multi_worker); only the chief's files count."""
 
 from __future__ import annotations
@@ -9,16 +10,25 @@ import contextlib
 import math
 import shutil
 import sys
+import time
 from typing import Any
 
 import keras
+import numpy as np
 from dvclive import Live
 
 from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
 from finetune.core.params import EXECUTION_PARAMS
 from finetune.core.paths import WEIGHTS_FILE
-from finetune.model.assembly import build_model, set_phase, trained_part
+from finetune.model.assembly import (
+    build_model,
+    logits_part,
+    set_phase,
+    trained_part,
+    with_temperature,
+)
+from finetune.model.calibration import choose_temperature
 from finetune.training.checkpoints import (
     Checkpoints,
     best_epoch,
@@ -114,14 +124,37 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
             # weights depend on how many replicas trained (docs/scaling-out.md).
             live.summary["replicas"] = strategy.num_replicas_in_sync
 
-    # Saved without the optimizer: Adam's moment estimates (twice the trainable
-    # weights) only matter to resume training; evaluation and prediction need none.
-    inference_model = keras.Model(model.inputs, model.outputs, name=model.name)
+    saved = inference_model(params, model, data)
     with atomic_output(outputs.model) as partial:
-        inference_model.save(partial)
+        saved.save(partial)
     shutil.rmtree(outputs.backup)
     print(f"train: saved {outputs.model} from epoch {kept_epoch} of {total} "
           f"(val_loss {history[kept_epoch - 1]:.4f})", file=sys.stderr)
+
+
+def inference_model(params: dict[str, Any], model: keras.Model, data: TrainingData
+                    ) -> keras.Model:
+    """What train saves: `model` without its optimizer (Adam's moment estimates, twice the
+    trainable weights, only matter to resume training); with `calibration: temperature`,
+    its logits divided by the temperature chosen on the validation split (the best fit, if
+    cross-fitting says it lowers the log loss; else 1)."""
+    if params["calibration"] == "none":
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    start = time.perf_counter()
+    logits_model = logits_part(with_temperature(model, 1.0), on_features=data.on_features)
+    validation = data.validation
+    logits = np.concatenate([logits_model.predict_on_batch(validation[index][0])
+                             for index in range(validation.num_batches)])
+    choice = choose_temperature(logits, validation.labels, params["seed"])
+    why = (f"cross-fitted log loss {choice.log_loss_fitted:.4f} against "
+           f"{choice.log_loss_uncalibrated:.4f} uncalibrated")
+    print(f"train: temperature {choice.temperature:.6g} "
+          + (f"fitted on the logits of the {len(logits)} validation images ({why})"
+             if choice.temperature != 1.0 else
+             f"kept: the {choice.fitted:.6g} fitted on the logits of the {len(logits)} "
+             f"validation images would not lower their log loss ({why})")
+          + f" ({time.perf_counter() - start:.2f} s)", file=sys.stderr)
+    return with_temperature(model, choice.temperature)
 
 
 def diverged(params: dict[str, Any], history: list[float], best: int | None) -> str:

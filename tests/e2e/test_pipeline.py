@@ -141,6 +141,10 @@ def test_plots_show_draws_the_curves_and_the_evaluation(pipeline):
     titles = {title for title, _ in drawn.values()}
     assert {"Confusion matrix (validation)", "ROC curve (validation)",
             "Precision-recall curve (validation)"} <= titles, drawn
+    # The reliability diagram: the fraction right per bin against the diagonal (two fields
+    # of one file: DVC names the series by field, not by file).
+    assert drawn["Reliability diagram (validation)"][0] == (
+        "Reliability diagram (validation; confidence = the predicted class's probability)")
     # No chart of one series titled by its path (dvclive's folder declared as plots).
     assert not [plot for plot in drawn if plot.endswith(".tsv")], drawn
     dvc(project, env, "plots", "show", "-o", "plots_html")

@@ -8,6 +8,7 @@ metrics move from epoch to epoch and equal metrics mean something.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -339,3 +340,117 @@ def test_features_and_pixels_train_the_same_model(tmp_path, sample_dir, weights_
     difference = np.abs(predictions["features"] - predictions["pixels"]).max()
     print(f"largest difference in P(dog), features vs pixels: {difference:.2e}")
     assert difference < 1e-2
+
+
+def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
+        tmp_path, sample_dir, weights_file):
+    """`calibration: temperature`: train fits the temperature on the validation split's
+    logits and saves it in the model, whose probabilities are then softmax(logits / T)
+    wherever it is used, with no params (predict; submit; evaluate, which scores it
+    cross-fitted: tests.support.scores). Training itself is the same as with `none`, and
+    `none` saves the model and writes the metrics as before: no temperature, no new key."""
+    import keras
+    import numpy as np
+
+    from finetune.core.params import load_params
+    from finetune.core.paths import TEST_FEATURES, TRAIN_FEATURES
+    from finetune.dataset.decode import load_images
+    from finetune.features.store import FeatureFile
+    from finetune.model.assembly import logits_part, model_temperature, trained_part
+    from finetune.model.calibration import (
+        MAX_TEMPERATURE,
+        MIN_TEMPERATURE,
+        choose_temperature,
+        scaled_probabilities,
+    )
+    from finetune.model.saved import load_model, predict_probabilities
+    from finetune.training.inputs import feature_data
+    from tests.support.projects import write_params
+    from tests.support.scores import reference_scores
+
+    # 60 validation photos: on a dozen, cross-fitting rightly finds no temperature worth
+    # keeping, and train keeps 1 (tests/unit/evaluation/test_calibration.py).
+    short = {**INPUTS["features"], "head_epochs": 0, "epochs": 2, "val_split": 0.5}
+    project = lay_out_project(tmp_path / "project", sample_dir, weights_file, 60,
+                              **{**SMALL, **short})
+    extract_features(project)
+    runs = {}
+    for calibration in ("none", "temperature"):
+        write_params(project, **{**SMALL, **short, "calibration": calibration})
+        trained = train(project)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        evaluated = call_stage("evaluate", project)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        runs[calibration] = {
+            "stderr": trained.stderr + evaluated.stderr,
+            "model": load_model(project / "models/model.keras"),
+            "metrics": json.loads((project / "metrics/evaluate/metrics.json").read_text())}
+    none, calibrated = runs["none"], runs["temperature"]
+
+    # none: the model as build_model makes it, the metrics of before (no calibration/ key).
+    assert model_temperature(none["model"]) is None
+    assert none["model"].get_layer("head").layers[-1].get_config()["activation"] == "sigmoid"
+    assert "temperature" not in none["stderr"]
+    assert sorted(flat(none["metrics"], "")) == sorted(
+        key.replace("/", ".") for key in reference_scores(np.array([0, 1]),
+                                                          np.eye(2), ["cat", "dog"]))
+
+    assert_evaluation_is_sound(project)  # the calibrated run's: scored cross-fitted
+    # temperature: fitted in train, stored in the model, said by both stages.
+    model = calibrated["model"]
+    temperature = model_temperature(model)
+    assert temperature is not None and temperature != 1.0
+    assert f"train: temperature {temperature:.6g} fitted on the logits of the 60 validation " \
+           "images (cross-fitted log loss " in calibrated["stderr"]
+    assert f"calibrated (temperature {temperature:.6g}), cross-fitted over 5 folds" in (
+        calibrated["stderr"])
+    assert calibrated["metrics"]["calibration"]["temperature"] == temperature
+    # The temperature that fits the validation split best: its logits (from the cached
+    # features, as train read them), its labels (from the photos' class folders).
+    with contextlib.chdir(project):
+        validation = feature_data(load_params())
+    classes = ["cat", "dog"]
+    labels = np.array([classes.index(Path(path).parts[0])
+                       for path in validation.validation_paths])
+    rows = FeatureFile(project / TRAIN_FEATURES)[validation.validation.rows]
+    validation_logits = logits_part(model).predict_on_batch(rows.astype(np.float32))
+    choice = choose_temperature(validation_logits, labels, 1234)
+    assert temperature == pytest.approx(choice.temperature, rel=1e-6)
+    assert choice.temperature == choice.fitted  # precondition: a temperature to apply
+    assert MIN_TEMPERATURE < temperature < MAX_TEMPERATURE
+    # The same training: the output layer's weights, now the logits', are those of `none`.
+    for mine, theirs in zip(model.get_layer("head").get_layer("logits").get_weights(),
+                            none["model"].get_layer("head").layers[-1].get_weights(),
+                            strict=True):
+        assert np.array_equal(mine, theirs)
+    assert calibrated["metrics"]["accuracy"] == none["metrics"]["accuracy"]
+    assert calibrated["metrics"]["calibration"]["log_loss_uncalibrated"] == pytest.approx(
+        none["metrics"]["log_loss"], rel=1e-5)
+
+    # The saved model's probabilities are softmax(logits / T), from pixels...
+    photos = sorted((project / "data/train").rglob("*.jpg"))[::5]
+    pixels = load_images([str(photo) for photo in photos], SMALL["image_size"], "test")
+    logits = logits_part(model, on_features=False).predict_on_batch(pixels)
+    expected = scaled_probabilities(logits, temperature)
+    assert np.abs(predict_probabilities(model, pixels) - expected).max() < 1e-6
+    uncalibrated = predict_probabilities(none["model"], pixels)
+    assert np.abs(uncalibrated - scaled_probabilities(logits, 1.0)).max() < 1e-6
+    assert np.abs(uncalibrated - expected).max() > 1e-3  # the temperature changed them
+    # ... and so what predict prints, given no params (run where there are none) ...
+    result = call_stage("predict", tmp_path, "--model", str(project / "models/model.keras"),
+                        "--all", *(str(photo) for photo in photos))
+    assert result.returncode == 0, result.stderr
+    printed = [float(line.split("\t")[-1].partition("=")[2]) for line in result.stdout.split("\n")
+               if line]
+    assert printed == pytest.approx(expected[:, 1], abs=1e-6)
+    # ... and what submit writes (clipped) for the test set's cached features.
+    assert call_stage("submit", project).returncode == 0
+    features = FeatureFile(project / TEST_FEATURES)[np.arange(4)].astype(np.float32)
+    test_logits = logits_part(model).predict_on_batch(features)
+    submission = (project / "data/submission/submission.csv").read_text()
+    submitted = [float(row.split(",")[1]) for row in submission.split()[1:]]
+    assert submitted == pytest.approx(np.clip(scaled_probabilities(test_logits, temperature)[:, 1],
+                                              0.005, 0.995), abs=1e-6)
+    assert np.asarray(trained_part(model).predict_on_batch(features)).ravel() == pytest.approx(
+        scaled_probabilities(test_logits, temperature)[:, 1], abs=1e-6)
+    keras.backend.clear_session()
