@@ -15,21 +15,14 @@ pay; list the formats where a model is to be shipped.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
-from pathlib import Path
 
 from finetune.core.atomic import atomic_output
 from finetune.core.params import load_params
-from finetune.core.paths import EXPORT_DIR, EXPORT_LIST, MODEL_FILE
+from finetune.core.paths import EXPORT_DIR, MODEL_FILE
 from finetune.core.runner import run_main
-from finetune.model.export import check_exporters, export_model
-
-
-def list_formats(folder: Path, formats: list[str]) -> None:
-    """formats.json: the formats `folder` (the export folder being written) holds."""
-    (folder / EXPORT_LIST.name).write_text(json.dumps({"formats": formats}) + "\n")
+from finetune.model.export import check_exporters, export_model, list_formats
 
 
 def main() -> None:

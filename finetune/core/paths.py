@@ -51,9 +51,7 @@ EXPORT_SAVED_MODEL = EXPORT_DIR / "saved_model"  # TensorFlow SavedModel (TF Ser
 EXPORT_TFLITE = EXPORT_DIR / "model.tflite"  # LiteRT (TensorFlow Lite)
 EXPORT_ONNX = EXPORT_DIR / "model.onnx"
 EXPORT_CLASSES = EXPORT_DIR / "classes.json"
-# the formats the folder holds (none by default): the folder is never empty, which DVC
-# would warn about on every run
-EXPORT_LIST = EXPORT_DIR / "formats.json"
+EXPORT_LIST = EXPORT_DIR / "formats.json"  # the formats written (none by default)
 
 # evaluate
 EVALUATE_LIVE_DIR = Path("metrics/evaluate")

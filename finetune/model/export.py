@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from finetune.core.errors import StageError
+from finetune.core.paths import (
+    EXPORT_CLASSES,
+    EXPORT_LIST,
+    EXPORT_ONNX,
+    EXPORT_SAVED_MODEL,
+    EXPORT_TFLITE,
+)
 
-# format -> the file or folder it is written to, inside the export folder (its name
-# matches finetune.core.paths' EXPORT_* constants).
-EXPORT_NAMES = {"tf_saved_model": "saved_model", "litert": "model.tflite", "onnx": "model.onnx"}
-CLASSES_NAME = "classes.json"
+# format -> the file or folder it is written to, inside the export folder being written
+EXPORT_NAMES = {"tf_saved_model": EXPORT_SAVED_MODEL.name, "litert": EXPORT_TFLITE.name,
+                "onnx": EXPORT_ONNX.name}
+CLASSES_NAME = EXPORT_CLASSES.name
 INPUT_NAME = "image"  # the exported input's name (Keras's ONNX export would say "unk__N")
 # ONNX metadata keys (model.metadata_props; onnxruntime's custom_metadata_map)
 CLASS_NAMES_KEY = "class_names"
@@ -27,6 +34,12 @@ IMAGE_SIZE_KEY = "image_size"
 # What each format needs beyond TensorFlow: the modules Keras's export imports.
 NEEDS = {"onnx": ("tf2onnx", "onnx")}
 EXTRA = "export"  # extras/export.txt
+
+
+def list_formats(folder: Path, formats: list[str]) -> None:
+    """formats.json in `folder` (the export folder being written): the formats it holds,
+    none by default; the folder is never empty, which DVC would warn about."""
+    (folder / EXPORT_LIST.name).write_text(json.dumps({"formats": formats}) + "\n")
 
 
 def check_exporters(formats: list[str]) -> None:

@@ -36,7 +36,7 @@ def test_killed_repro_resumes_training_with_the_same_result(tmp_path, class_fold
                                            **CHANGES}, sort_keys=False))
     first = dvc(project, env, "repro")
     # Augmentation is not a param of the features: they are reused.
-    assert ran_stages(first.stdout) == ["train", "evaluate", "submit"]
+    assert ran_stages(first.stdout) == ["train", "evaluate", "submit", "export"]
     uninterrupted = json.loads((project / "metrics/evaluate/metrics.json").read_text())
     # The model learned (chance is 1/3): equal metrics below are not those of a constant
     # prediction.
@@ -56,7 +56,7 @@ def test_killed_repro_resumes_training_with_the_same_result(tmp_path, class_fold
     process.wait()
 
     resumed = dvc(project, env, "repro")
-    assert ran_stages(resumed.stdout) == ["train", "evaluate", "submit"]
+    assert ran_stages(resumed.stdout) == ["train", "evaluate", "submit", "export"]
     assert "train: resuming the interrupted run after epoch" in resumed.stdout + resumed.stderr
     assert json.loads((project / "metrics/evaluate/metrics.json").read_text()) == uninterrupted
     log = (project / "metrics/train/plots/metrics/eval/loss.tsv").read_text().splitlines()
