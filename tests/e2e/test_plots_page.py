@@ -51,10 +51,11 @@ def test_every_chart_renders_offline(offline_page, class_folder_run):
     assert rendered.failed == []
     assert rendered.errors == []
     # One drawing per Vega chart `dvc plots show` lists: the two training curves, the
-    # confusion matrix, ROC and precision-recall; and the mistakes' grid as an image.
+    # reliability diagram, the confusion matrix, ROC and precision-recall; and the
+    # mistakes' grid as an image.
     listed = charts(class_folder_run.project, class_folder_run.env)
     vega = [name for name, (title, _) in listed.items() if title]
-    assert len(vega) == 5
+    assert len(vega) == 6
     assert len(rendered.charts) == len(vega)
     assert rendered.undrawn() == {}
     assert rendered.images == {
@@ -73,7 +74,7 @@ def test_a_missing_script_is_caught(offline_page, tmp_path):
     assert [failure.split(": ")[0] for failure in rendered.failed] == [
         (page.parent / SCRIPTS_FOLDER / "vega-embed.min.js").as_uri()]
     assert "uncaught: vegaEmbed is not defined" in rendered.errors
-    assert len(rendered.charts) == 5
+    assert len(rendered.charts) == 6
     assert set(rendered.undrawn().values()) == {"nothing drawn"}
 
 
