@@ -27,7 +27,7 @@ from tests.support.commands import (
     stage_env,
 )
 from tests.support.projects import extract_features, lay_out_project, write_train_manifest
-from tests.support.scores import assert_evaluation_is_sound
+from tests.support.scores import assert_evaluation_is_sound, flatten
 from tests.support.shared import ROOT
 
 PER_CLASS = 30  # 24 training and 6 validation photos per class
@@ -44,16 +44,6 @@ VAL_ACCURACY_LOG = "metrics/train/plots/metrics/eval/accuracy.tsv"
 @pytest.fixture(scope="module")
 def weights_file(mobilenet_random_weights) -> Path:
     return mobilenet_random_weights
-
-
-def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
-    items: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
 
 
 def logged(project: Path, log: str) -> list[float]:
@@ -128,7 +118,7 @@ def test_training_killed_mid_way_resumes_and_ends_as_an_uninterrupted_run(
     assert "resuming the interrupted run" in resumed.stderr
     expected = json.loads((reference / "metrics/train/metrics.json").read_text())
     got = json.loads((project / "metrics/train/metrics.json").read_text())
-    assert flat(got) == pytest.approx(flat(expected), rel=1e-5, abs=1e-6)
+    assert flatten(got) == pytest.approx(flatten(expected), rel=1e-5, abs=1e-6)
     assert logged(project, VAL_LOSS_LOG) == pytest.approx(expected_losses, rel=1e-5, abs=1e-6)
     steps = [row.split("\t")[0] for row in log.read_text().splitlines()[1:]]
     assert steps == ["0", "1", "2", "3", "4"]  # each epoch once, redone ones too
@@ -391,9 +381,8 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
     assert model_temperature(none["model"]) is None
     assert none["model"].get_layer("head").layers[-1].get_config()["activation"] == "sigmoid"
     assert "temperature" not in none["stderr"]
-    assert sorted(flat(none["metrics"], "")) == sorted(
-        key.replace("/", ".") for key in reference_scores(np.array([0, 1]),
-                                                          np.eye(2), ["cat", "dog"]))
+    assert sorted(flatten(none["metrics"])) == sorted(
+        reference_scores(np.array([0, 1]), np.eye(2), ["cat", "dog"]))
 
     assert_evaluation_is_sound(project)  # the calibrated run's: scored cross-fitted
     # temperature: fitted in train, stored in the model, said by both stages.
