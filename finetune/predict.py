@@ -11,6 +11,10 @@ images".
 `--model FILE.onnx` (an export of the model, models/export/model.onnx) runs on onnxruntime,
 Pillow and NumPy alone: TensorFlow is never imported (finetune.model.onnx_runtime,
 finetune.dataset.pillow_decode; see docs/deploy.md).
+
+`--explain DIR` also writes DIR/STEM.png per image predicted: the photo with the Grad-CAM
+heat map of the predicted class overlaid (finetune.evaluation.heat_maps). It needs the
+Keras model (gradients), so an ONNX one is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ def parse_args() -> argparse.Namespace:
                         help="images per model call (default: 32)")
     parser.add_argument("--all", action="store_true",
                         help="also print every class's probability, as NAME=P fields")
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="also write DIR/STEM.png per image: the photo with the Grad-CAM "
+                             "heat map of the predicted class (Keras model only)")
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -78,6 +85,7 @@ class Classifier(NamedTuple):
     classes: list[str]
     decode: Callable[[bytes, int], Any]
     probabilities: Callable[[Any], Any]
+    model: Any = None  # the Keras model, for --explain's gradients (None: an ONNX one)
 
 
 def keras_classifier(model_file: Path) -> Classifier:
@@ -92,7 +100,7 @@ def keras_classifier(model_file: Path) -> Classifier:
 
     model = load_model(model_file)
     return Classifier(model_image_size(model, model_file), model_class_names(model),
-                      decode_pixels, lambda images: predict_probabilities(model, images))
+                      decode_pixels, lambda images: predict_probabilities(model, images), model)
 
 
 def onnx_classifier(model_file: Path) -> Classifier:
@@ -126,9 +134,40 @@ def missing_model(model: Path) -> str:
     return f"{model} not found: run `dvc repro train`, or pass --model"
 
 
+def explained_files(files: list[Path], folder: Path, model: Path) -> None:
+    """Refuse --explain where it cannot write one PNG per image: for an ONNX model, to a
+    folder that is a file, or when two images would write the same folder/STEM.png."""
+    if model.suffix.lower() == ".onnx":
+        raise StageError(f"--explain needs the Keras model (its gradients), not {model}: "
+                         "pass --model models/model.keras")
+    if folder.exists() and not folder.is_dir():
+        raise StageError(f"--explain {folder}: is a file, not a folder")
+    writer: dict[str, Path] = {}
+    for file in files:
+        first = writer.setdefault(file.stem, file)
+        if first.resolve() != file.resolve():
+            raise StageError(f"--explain: {first} and {file} would both write "
+                             f"{folder / (file.stem + '.png')}: explain them in separate runs")
+
+
+def explain(classifier: Classifier, files: list[Path], images: Any, rows: Any,
+            folder: Path) -> None:
+    """Write folder/STEM.png for each file: its photo with the heat map of the class
+    predicted (each row's most probable), titled with that class and its probability."""
+    from finetune.evaluation.heat_maps import grad_cam, heat_map_figure, save_figure
+
+    best = rows.argmax(axis=1)
+    heat_maps, _ = grad_cam(classifier.model, images, best)
+    for path, heat_map, row, index in zip(files, heat_maps, rows, best, strict=True):
+        title = f"{path.name}: {classifier.classes[index]} ({row[index]:.6f})"
+        save_figure(heat_map_figure(path, heat_map, title), folder / f"{path.stem}.png")
+
+
 def predict(args: argparse.Namespace) -> int:
     """Print one line per file; return how many failed."""
     files = image_files(args.paths)  # before loading the model: it takes seconds
+    if args.explain is not None:
+        explained_files(files, args.explain, args.model)
     if not args.model.is_file():
         raise StageError(missing_model(args.model))
     import numpy as np
@@ -147,8 +186,12 @@ def predict(args: argparse.Namespace) -> int:
             good = [index for index, item in enumerate(loaded) if not isinstance(item, str)]
             probabilities: dict[int, np.ndarray] = {}
             if good:
-                predicted = classifier.probabilities(np.stack([loaded[i] for i in good]))
+                images = np.stack([loaded[i] for i in good])
+                predicted = classifier.probabilities(images)
                 probabilities = dict(zip(good, predicted, strict=True))
+                if args.explain is not None:
+                    explain(classifier, [batch[i] for i in good], images, predicted,
+                            args.explain)
             for index, path in enumerate(batch):
                 if index in probabilities:
                     row = probabilities[index]

@@ -8,6 +8,9 @@ It copies the project into build/demo (a fresh git repo, so your params.yaml and
 DVC cache stay untouched), points data_source and weights_urls at ../shared,
 runs `dvc repro` there, commits the run (so `dvc metrics diff` and `dvc exp show` have
 a baseline to compare with), prints `dvc metrics show` and the commands to try next.
+It copies the run's mistakes grid (with its Grad-CAM heat maps) to DOCS_GRID, the image
+docs/pipeline.md shows, in 256 colours (a quarter of the bytes): training is
+deterministic, so on this machine type the file only changes when the code does.
 A build/demo holding experiments is not deleted unless asked (`make demo REPLACE=1`).
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from finetune.core.paths import DEMO_DIR
+from finetune.core.paths import DEMO_DIR, MISTAKES_GRID
 from finetune.sources.web import PET_IMAGES_URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +34,7 @@ SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "dogs-vs-cats-sample"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 MOBILENET_SHA256 = "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
+DOCS_GRID = ROOT / "docs" / "images" / "mistakes-grad-cam.png"  # shown by docs/pipeline.md
 
 # MobileNet alpha 0.25, frozen, global-average-pooling head: the configuration
 # that shows transfer on the sample (see docs/results.md).
@@ -121,6 +125,18 @@ def build_demo(demo: Path, output: int | None = None) -> None:
     commit_run(demo)
 
 
+def copy_grid(demo: Path) -> None:
+    """The run's mistakes grid to DOCS_GRID, in 256 colours: the full-colour PNG of photos
+    is about 1 MB, too much to commit; the palette one reads the same."""
+    from PIL import Image
+
+    DOCS_GRID.parent.mkdir(exist_ok=True)
+    with Image.open(demo / MISTAKES_GRID) as grid:
+        grid.convert("RGB").quantize(256).save(DOCS_GRID, optimize=True)
+    print(f"demo: copied {MISTAKES_GRID} to {os.path.relpath(DOCS_GRID, ROOT)} (256 colours)",
+          flush=True)
+
+
 def next_steps(demo: Path) -> str:
     """What to try next, as commands to paste."""
     relative = os.path.relpath(demo, ROOT)
@@ -148,6 +164,7 @@ def main() -> None:
     print("demo: SMOKE RUN on the 1,000-photo sample with MobileNet alpha 0.25, in "
           f"{os.path.relpath(demo, ROOT)}", flush=True)
     build_demo(demo)
+    copy_grid(demo)
     subprocess.run(SUMMARY, cwd=demo, check=True, env=DVC_ENV)
     print(next_steps(demo))
 

@@ -4,10 +4,12 @@ It runs the layers above the frozen part on the validation images' cached activa
 (data/features): the same split, by path, as train's. Writes metrics/evaluate/metrics.json
 (accuracy, log loss, ROC AUC, per-class precision/recall/F1 and their macro average) and
 plot data for a confusion matrix, ROC and precision-recall curves and a reliability
-diagram, plus a grid of the most confident mistakes, all through dvclive, and every image's
-prediction to metrics/evaluate/predictions.csv (finetune.evaluation). A model calibrated
-by train (`calibration: temperature`) is scored on cross-fitted probabilities: each
-image's from a temperature fitted without it (finetune.evaluation.calibration).
+diagram, plus a grid of the most confident mistakes (each with the Grad-CAM heat map of the
+class said: the full model on the photos' pixels, for the images shown only), all through
+dvclive, and every image's prediction to metrics/evaluate/predictions.csv
+(finetune.evaluation). A model calibrated by train (`calibration: temperature`) is scored
+on cross-fitted probabilities: each image's from a temperature fitted without it
+(finetune.evaluation.calibration).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from finetune.core.errors import StageError
 from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
+    MISTAKES_GRID,
     MODEL_FILE,
     PREDICTIONS_FILE,
     TRAIN_DIR,
@@ -38,7 +41,8 @@ from finetune.dataset.split import (
     train_only_note,
 )
 from finetune.evaluation.calibration import cross_fitted
-from finetune.evaluation.mistakes import mistakes_figure
+from finetune.evaluation.heat_maps import file_heat_maps
+from finetune.evaluation.mistakes import mistakes_figure, most_confident_mistakes
 from finetune.evaluation.predictions import write_predictions
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import FeatureFile, predict_rows, read_index
@@ -81,8 +85,12 @@ def main() -> None:
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
-        photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
-        live.log_image("mistakes.png", mistakes_figure(photos, labels, probabilities, classes))
+        shown = most_confident_mistakes(labels, probabilities)
+        names = paths_of(val_files)
+        photos = [str(TRAIN_DIR / names[i]) for i in shown]
+        heat_maps = file_heat_maps(model, photos, probabilities[shown].argmax(axis=1))
+        live.log_image(MISTAKES_GRID.name, mistakes_figure(photos, labels[shown],
+                                                       probabilities[shown], classes, heat_maps))
         summary = headline(live.summary)
     write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}"

@@ -58,6 +58,8 @@ EVALUATE_LIVE_DIR = Path("metrics/evaluate")
 PREDICTIONS_FILE = EVALUATE_LIVE_DIR / "predictions.csv"  # each validation image's scores
 # the reliability diagram's points: dvclive's log_plot writes plots/custom/<name>.json
 RELIABILITY_PLOT = EVALUATE_LIVE_DIR / "plots" / "custom" / "reliability.json"
+# the grid of the most confident mistakes: dvclive's log_image writes plots/images/<name>
+MISTAKES_GRID = EVALUATE_LIVE_DIR / "plots" / "images" / "mistakes.png"
 
 # submit: SUBMISSION_DIR holds SUBMISSION_FILE where the data set has a test set
 SUBMISSION_DIR = Path("data/submission")

@@ -1,2 +1,2 @@
 """Scoring the trained model: validation metrics and plots, the grid of its worst
-mistakes, and the competition's submission file."""
+mistakes (with Grad-CAM heat maps), and the competition's submission file."""

@@ -1,4 +1,5 @@
-"""The grid of the validation images the model got wrong with the most confidence."""
+"""The grid of the validation images the model got wrong with the most confidence, each
+with the Grad-CAM heat map of the class it said overlaid (finetune.evaluation.heat_maps)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,25 @@ from typing import Any
 
 import numpy as np
 
+from finetune.evaluation.heat_maps import TITLE, overlay, read_photo
+
 MISTAKES_SHOWN = 16
 
 
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray,
+                            shown: int = MISTAKES_SHOWN) -> list[int]:
+    """The indices of the `shown` misclassified images of highest confidence, highest first."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    worst = [int(i) for i in np.argsort(-confidence, kind="stable") if predicted[i] != labels[i]]
+    return worst[:shown]
+
+
 def mistakes_figure(paths: list[str], labels: np.ndarray, probabilities: np.ndarray,
-                    classes: list[str]) -> Any:
-    """A grid of the validation images the model got wrong with the most confidence."""
+                    classes: list[str], heat_maps: np.ndarray) -> Any:
+    """A grid of the mistakes most_confident_mistakes chose (`paths`, `labels`,
+    `probabilities` and `heat_maps`: theirs, in its order), each photo with the heat map
+    of the predicted class overlaid."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to a file
@@ -19,19 +33,17 @@ def mistakes_figure(paths: list[str], labels: np.ndarray, probabilities: np.ndar
 
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
-    worst = [i for i in np.argsort(-confidence, kind="stable") if predicted[i] != labels[i]]
-    worst = worst[:MISTAKES_SHOWN]
     columns = 4
-    rows = max(1, -(-len(worst) // columns))
+    rows = max(1, -(-len(paths) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, index in zip(axes.flat, worst, strict=False):
-        axis.imshow(plt.imread(paths[index]))
+    for index, axis in enumerate(axes.flat[:len(paths)]):
+        axis.imshow(overlay(read_photo(paths[index]), heat_maps[index]))
         axis.set_title(f"{paths[index].rsplit('/', 1)[-1]}\ntrue {classes[labels[index]]}, "
                        f"said {classes[predicted[index]]} ({confidence[index]:.3f})", fontsize=9)
-    if not worst:
+    if not paths:
         axes.flat[0].text(0, 0.5, "no misclassified validation images", fontsize=12)
-    figure.suptitle(f"Most confident mistakes ({len(worst)} shown)")
+    figure.suptitle(f"Most confident mistakes ({len(paths)} shown; {TITLE})")
     figure.tight_layout()
     return figure

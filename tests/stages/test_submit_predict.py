@@ -421,3 +421,46 @@ def test_predict_without_a_model_offers_the_demos(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: models/model.keras not found: pass --model build/demo/models/model.keras "
         "(the model `make demo` trained), or run `dvc repro train`"]
+
+
+# --- predict --explain --------------------------------------------------------
+
+def test_predict_explain_writes_a_heat_map_png_per_image(tmp_path, model_file, photos, gray_png):
+    from finetune.evaluation.heat_maps import png_size
+
+    chosen = [str(photos[0]), str(photos[1]), str(gray_png)]
+    (tmp_path / "broken.jpg").write_bytes(photos[2].read_bytes()[:500])
+    plain = call_stage("predict", tmp_path, "--model", str(model_file), *chosen, "broken.jpg")
+    explained = call_stage("predict", tmp_path, "--model", str(model_file),
+                           "--explain", "maps/new", *chosen, "broken.jpg")
+    assert explained.returncode == plain.returncode == 1, explained.stderr
+    assert explained.stdout == plain.stdout  # the lines are predict's own, unchanged
+    written = sorted(path.name for path in (tmp_path / "maps" / "new").iterdir())
+    # One per image predicted, named by its stem; none for the one that failed.
+    assert written == sorted(f"{Path(path).stem}.png" for path in chosen)
+    for path in chosen:
+        with Image.open(path) as photo, \
+                Image.open(tmp_path / "maps" / "new" / f"{Path(path).stem}.png") as image:
+            image.load()
+            assert image.format == "PNG"
+            assert image.size == png_size(*photo.size)  # the photo's aspect, and a title
+
+
+def test_predict_explain_is_refused_where_it_cannot_write_one_png_per_image(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for name in ("a/1.jpg", "b/1.jpg", "2.jpg", "model.onnx", "model.keras", "taken"):
+        (tmp_path / name).touch()
+    for args, error in [
+            (["--model", "model.onnx", "2.jpg"], "error: --explain needs the Keras model "
+             "(its gradients), not model.onnx: pass --model models/model.keras"),
+            (["--model", "model.keras", "a", "b"], "error: --explain: a/1.jpg and b/1.jpg "
+             "would both write maps/1.png: explain them in separate runs")]:
+        result = call_stage("predict", tmp_path, "--explain", "maps", *args)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [error]
+    into_a_file = call_stage("predict", tmp_path, "--explain", "taken", "--model",
+                             "model.keras", "2.jpg", "2.jpg")  # the same file twice: fine
+    assert into_a_file.stderr.strip().splitlines() == [
+        "error: --explain taken: is a file, not a folder"]
+    assert not (tmp_path / "maps").exists()
