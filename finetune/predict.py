@@ -8,6 +8,9 @@ and class names, so params.yaml is not read. Exit status 0: all predicted; 1: so
 failed; 2: nothing done (one line on stderr). See docs/pipeline.md, "Predicting new
 images".
 
+`--tta flip` averages each image's probabilities with its mirror image's (left-right):
+pass it to match a project evaluated with `tta: flip` (the model does not carry params).
+
 `--model FILE.onnx` (an export of the model, models/export/model.onnx) runs on onnxruntime,
 Pillow and NumPy alone: TensorFlow is never imported (finetune.model.onnx_runtime,
 finetune.dataset.pillow_decode; see docs/deploy.md).
@@ -53,6 +56,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="also write DIR/STEM.png per image: the photo with the Grad-CAM "
                              "heat map of the predicted class (Keras model only)")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="test-time augmentation: 'flip' averages each image's "
+                             "probabilities with its mirror image's, as a project with "
+                             "tta: flip evaluates and submits (default: none)")
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -163,6 +170,21 @@ def explain(classifier: Classifier, files: list[Path], images: Any, rows: Any,
         save_figure(heat_map_figure(path, heat_map, title), folder / f"{path.stem}.png")
 
 
+def probabilities_of(classifier: Classifier, images: Any, tta: str) -> Any:
+    """The classifier's probabilities for a batch of pixels; with `tta` "flip", averaged
+    with those of the images mirrored left-right (NumPy's flip of the width axis: what
+    mirrored_features' extractor does in the model, finetune.model.layers.mirroring)."""
+    import numpy as np
+
+    from finetune.model.probabilities import mirror_average
+
+    probabilities = classifier.probabilities(images)
+    if tta == "none":
+        return probabilities
+    mirrored = np.ascontiguousarray(np.flip(images, axis=2))  # onnxruntime wants it whole
+    return mirror_average(probabilities, classifier.probabilities(mirrored))
+
+
 def predict(args: argparse.Namespace) -> int:
     """Print one line per file; return how many failed."""
     files = image_files(args.paths)  # before loading the model: it takes seconds
@@ -187,7 +209,7 @@ def predict(args: argparse.Namespace) -> int:
             probabilities: dict[int, np.ndarray] = {}
             if good:
                 images = np.stack([loaded[i] for i in good])
-                predicted = classifier.probabilities(images)
+                predicted = probabilities_of(classifier, images, args.tta)
                 probabilities = dict(zip(good, predicted, strict=True))
                 if args.explain is not None:
                     explain(classifier, [batch[i] for i in good], images, predicted,

@@ -9,7 +9,9 @@ class said: the full model on the photos' pixels, for the images shown only), al
 dvclive, and every image's prediction to metrics/evaluate/predictions.csv
 (finetune.evaluation). A model calibrated by train (`calibration: temperature`) is scored
 on cross-fitted probabilities: each image's from a temperature fitted without it
-(finetune.evaluation.calibration).
+(finetune.evaluation.calibration). With `tta: flip`, each image's probabilities are
+averaged with its mirror image's, whose activations mirrored_features cached
+(data/mirrored_features).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import time
 
 import numpy as np
 
-from finetune.core.errors import StageError
 from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
+    MIRRORED_TRAIN_FEATURES,
     MISTAKES_GRID,
     MODEL_FILE,
     PREDICTIONS_FILE,
@@ -43,10 +45,11 @@ from finetune.dataset.split import (
 from finetune.evaluation.calibration import cross_fitted
 from finetune.evaluation.heat_maps import file_heat_maps
 from finetune.evaluation.mistakes import mistakes_figure, most_confident_mistakes
-from finetune.evaluation.predictions import write_predictions
+from finetune.evaluation.predictions import validation_outputs, write_predictions
 from finetune.evaluation.scores import headline, log_scores
-from finetune.features.store import FeatureFile, predict_rows, read_index
+from finetune.features.store import read_index, read_mirrored_index
 from finetune.model.assembly import logits_part, model_temperature, trained_part
+from finetune.model.probabilities import mirror_average
 from finetune.model.saved import check_model_classes, class_probabilities, load_model
 
 
@@ -55,6 +58,7 @@ def main() -> None:
     from dvclive import Live
 
     index = read_index(params, manifest=TRAIN_MANIFEST)
+    mirrored = read_mirrored_index(params, index) is not None  # tta: flip
     # The mistakes grid shows photos of data/train: the ones the features were made of.
     check_manifest(TRAIN_DIR, list_samples(TRAIN_DIR), TRAIN_MANIFEST)
     classes = index["classes"]
@@ -67,21 +71,23 @@ def main() -> None:
     labels = np.array([label for _, label in val_files])
     temperature = model_temperature(model)
     # A calibrated model is scored cross-fitted, from its logits (finetune.evaluation.calibration).
-    outputs = predict_rows(
-        trained_part(model) if temperature is None else logits_part(model),
-        FeatureFile(TRAIN_FEATURES), np.array([row_of[path] for path, _ in val_files]),
-        params["batch_size"], "evaluate: validation images")
-    if not np.isfinite(outputs).all():  # scores of NaN would be cached as metrics
-        bad = int((~np.isfinite(outputs)).any(axis=-1).sum())
-        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(outputs)} "
-                         "validation images (did training diverge?): check metrics/train and "
-                         "retrain")
+    part = trained_part(model) if temperature is None else logits_part(model)
+    rows = np.array([row_of[path] for path, _ in val_files])
+    outputs = validation_outputs(part, TRAIN_FEATURES, rows, params, "validation images")
+    # tta: flip: the same rows of the mirror images' activations.
+    flipped = validation_outputs(part, MIRRORED_TRAIN_FEATURES, rows, params,
+                                 "mirrored validation images") if mirrored else None
     started = time.perf_counter()
     calibrated = None if temperature is None else cross_fitted(outputs, labels,
-                                                                params["seed"])
+                                                                params["seed"], flipped)
     fitting = time.perf_counter() - started
-    probabilities = class_probabilities(outputs) if calibrated is None else (
-        calibrated.probabilities)
+    if calibrated is not None:
+        probabilities = calibrated.probabilities
+    elif flipped is None:
+        probabilities = class_probabilities(outputs)
+    else:
+        probabilities = mirror_average(class_probabilities(outputs),
+                                       class_probabilities(flipped))
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
@@ -95,7 +101,8 @@ def main() -> None:
     write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}"
           + ("" if calibrated is None else f", calibrated (temperature {temperature:.6g}), "
-             f"cross-fitted over {len(calibrated.temperatures)} folds ({fitting:.2f} s)"),
+             f"cross-fitted over {len(calibrated.temperatures)} folds ({fitting:.2f} s)")
+          + (", tta: flip (each image averaged with its mirror image)" if mirrored else ""),
           file=sys.stderr)
     if train_only:
         print(f"evaluate: {train_only_note(train_only, params['val_split'])}", file=sys.stderr)

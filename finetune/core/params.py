@@ -140,6 +140,7 @@ PARAM_SPEC: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]
     "lr": ((int, float), _positive, "> 0"),
     "keep": ((str,), _one_of("best", "last"), "'best' or 'last'"),
     "calibration": ((str,), _one_of("none", "temperature"), "'none' or 'temperature'"),
+    "tta": ((str,), _one_of("none", "flip"), "'none' or 'flip'"),
     "clip": ((int, float), lambda value: 0 <= value < 0.5, "in [0, 0.5)"),
     "export_formats": ((list,), _export_formats,
                        f"a list of distinct formats among {', '.join(EXPORT_FORMATS)}"),

@@ -40,6 +40,13 @@ TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_DIR
 TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION, if any
 FEATURES_INDEX = FEATURES_DIR / "index.json"
 
+# mirrored_features: FEATURES_DIR's files of each image mirrored left-right (tta: flip),
+# rows in the same order; with tta: none, only the index (saying so)
+MIRRORED_FEATURES_DIR = Path("data/mirrored_features")
+MIRRORED_TRAIN_FEATURES = MIRRORED_FEATURES_DIR / "train.npy"
+MIRRORED_TEST_FEATURES = MIRRORED_FEATURES_DIR / "test.npy"
+MIRRORED_FEATURES_INDEX = MIRRORED_FEATURES_DIR / "index.json"
+
 # train
 MODEL_FILE = Path("models/model.keras")
 TRAIN_LIVE_DIR = Path("metrics/train")  # dvclive's folder: metrics.json and plots/

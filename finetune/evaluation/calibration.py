@@ -9,23 +9,44 @@ honestly.
   (train, finetune.model.calibration), so scoring that split with it would grade the
   choice on the very data it was made on. Evaluate scores it cross-fitted instead: the
   images in 5 folds (stratified by class, drawn from the seed), each fold's
-  probabilities from the temperature train's procedure chooses on the other folds alone.
+  probabilities from the temperature train's procedure chooses on the other folds alone
+  (with `tta: flip`, applied to each image's and its mirror image's logits, averaged).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from finetune.model.calibration import CrossFit, choose_temperature, cross_fit
+from finetune.model.calibration import (
+    CrossFit,
+    choose_temperature,
+    cross_fit,
+    scaled_probabilities,
+)
+from finetune.model.probabilities import mirror_average
 
 BINS = 10
 
 
-def cross_fitted(logits: np.ndarray, labels: np.ndarray, seed: int) -> CrossFit:
+def cross_fitted(logits: np.ndarray, labels: np.ndarray, seed: int,
+                 mirrored: np.ndarray | None = None) -> CrossFit:
     """A calibrated model's validation probabilities as evaluate scores them: each fold's
-    from the temperature train's procedure (choose_temperature) gives on the other folds."""
-    return cross_fit(logits, labels, seed,
-                     lambda logits, labels: choose_temperature(logits, labels, seed).temperature)
+    from the temperature train's procedure (choose_temperature) gives on the other folds.
+    With `mirrored`, the logits of each image's mirror image (`tta: flip`), as the deployed
+    model with test-time augmentation gives them: the fold's temperature, chosen on the
+    other folds' plain logits alone (as train chooses it), applied to the image's logits
+    and to its mirror's, the two probabilities averaged; `uncalibrated` likewise at 1."""
+    fit = cross_fit(logits, labels, seed,
+                    lambda logits, labels: choose_temperature(logits, labels, seed).temperature)
+    if mirrored is None:
+        return fit
+    flipped = np.empty_like(fit.probabilities)
+    for fold, temperature in enumerate(fit.temperatures):
+        held_out = fit.fold_of == fold
+        flipped[held_out] = scaled_probabilities(mirrored[held_out], temperature)
+    return CrossFit(mirror_average(fit.probabilities, flipped),
+                    mirror_average(fit.uncalibrated, scaled_probabilities(mirrored, 1.0)),
+                    fit.fold_of, fit.temperatures)
 
 
 def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = BINS

@@ -1,5 +1,6 @@
-"""Every validation image's prediction, one CSV row each: what the scores were computed
-from, for a person to read (which photos, which mistakes) and a test to recompute.
+"""Every validation image's prediction: the model's outputs on their cached activations
+(of the images, or of their mirror images), and one CSV row each: what the scores were
+computed from, for a person to read (which photos, which mistakes) and a test to recompute.
 
 Columns: `path` (under data/train), `label` and `predicted` (class names), then the
 probability of each class, `P(<class>)`, written in full (Python's shortest repr of the
@@ -10,10 +11,27 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from finetune.core.atomic import atomic_output
+from finetune.core.errors import StageError
+from finetune.core.paths import MODEL_FILE
+from finetune.features.store import FeatureFile, predict_rows
+
+
+def validation_outputs(part: Any, features: Path, rows: np.ndarray, params: dict[str, Any],
+                       what: str) -> np.ndarray:
+    """The model part's outputs for those rows of `features`; NaN refused (scores of NaN
+    would be cached as metrics)."""
+    outputs = predict_rows(part, FeatureFile(features), rows, params["batch_size"],
+                           f"evaluate: {what}")
+    if not np.isfinite(outputs).all():
+        bad = int((~np.isfinite(outputs)).any(axis=-1).sum())
+        raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(outputs)} "
+                         f"{what} (did training diverge?): check metrics/train and retrain")
+    return outputs
 
 
 def write_predictions(destination: Path, paths: list[str], labels: np.ndarray,

@@ -16,8 +16,15 @@ import numpy as np
 
 from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
-from finetune.core.paths import MODEL_FILE, SAMPLE_SUBMISSION, SUBMISSION_FILE, TEST_FEATURES
+from finetune.core.paths import (
+    MIRRORED_TEST_FEATURES,
+    MODEL_FILE,
+    SAMPLE_SUBMISSION,
+    SUBMISSION_FILE,
+    TEST_FEATURES,
+)
 from finetune.features.store import FeatureFile, predict_rows
+from finetune.model.probabilities import class_probabilities, mirror_average
 
 MAX_WARNINGS = 20  # unreadable images named one by one; a damaged archive would flood stderr
 
@@ -35,21 +42,29 @@ def columns_of(classes: list[str]) -> tuple[list[str], list[int]]:
                      f"'label' for two classes or one column per class ({', '.join(classes)})")
 
 
-def predict_test_set(params: dict[str, Any], count: int, classes: list[str]) -> np.ndarray:
+def predict_test_set(params: dict[str, Any], count: int, classes: list[str],
+                     mirrored: bool = False) -> np.ndarray:
     """A probability per class (`classes`, the features') for each row of the test
-    features: the model above its frozen part."""
+    features: the model above its frozen part. With `mirrored` (`tta: flip`), averaged
+    with its prediction for the same row of the mirror images' features."""
     from finetune.model.assembly import trained_part
-    from finetune.model.saved import check_model_classes, class_probabilities, load_model
+    from finetune.model.saved import check_model_classes, load_model
 
-    features = FeatureFile(TEST_FEATURES)
-    if len(features) != count:
-        raise StageError(f"{TEST_FEATURES} has {len(features)} rows for {count} test ids: "
-                         "run `dvc repro -f features`")
+    files = [(TEST_FEATURES, "features", "test images")]
+    if mirrored:
+        files.append((MIRRORED_TEST_FEATURES, "mirrored_features", "mirrored test images"))
+    features = [FeatureFile(path) for path, _, _ in files]
+    for rows, (path, stage, _) in zip(features, files, strict=True):
+        if len(rows) != count:
+            raise StageError(f"{path} has {len(rows)} rows for {count} test ids: "
+                             f"run `dvc repro -f {stage}`")
     model = load_model(MODEL_FILE)
     check_model_classes(model, MODEL_FILE, classes)
     model = trained_part(model)
-    probability = class_probabilities(predict_rows(model, features, np.arange(count),
-                                                   params["batch_size"], "submit: test images"))
+    plain, *flipped = [class_probabilities(predict_rows(model, rows, np.arange(count),
+                                                        params["batch_size"], f"submit: {what}"))
+                       for rows, (_, _, what) in zip(features, files, strict=True)]
+    probability = mirror_average(plain, flipped[0]) if flipped else plain
     if np.isnan(probability).any():
         raise StageError(f"{MODEL_FILE} predicts NaN (did training diverge?): "
                          "check metrics/train and retrain")

@@ -143,6 +143,7 @@ class Job:
     weights_digest: str
     batch: int
     threads: dict[str, int]  # by worker address
+    mirror: bool = False  # each image mirrored left-right first (mirrored_features)
 
 
 _BUILD = threading.Lock()  # one build and one chunk at a time per worker process
@@ -151,7 +152,7 @@ _CONFIGURED: list[int] = []  # the thread count TensorFlow was given in this pro
 
 
 def _key(job: Job) -> tuple[Any, ...]:
-    return tuple(job.params[name] for name in FEATURE_PARAMS), job.weights_digest
+    return tuple(job.params[name] for name in FEATURE_PARAMS), job.weights_digest, job.mirror
 
 
 def _extractor_here(job: Job, weights: bytes) -> Any:
@@ -174,7 +175,7 @@ def _extractor_here(job: Job, weights: bytes) -> Any:
     with tempfile.TemporaryDirectory() as folder:  # Keras loads weights from a file
         path = Path(folder) / "backbone_notop.h5"
         path.write_bytes(weights)
-        extractor = build_feature_extractor(job.params, path)
+        extractor = build_feature_extractor(job.params, path, mirror=job.mirror)
     _EXTRACTOR.clear()  # one model per process: a long-lived worker does not pile them up
     _EXTRACTOR[key] = extractor
     return extractor
@@ -438,9 +439,10 @@ class ClusterExtraction:
 
 
 @contextlib.contextmanager
-def on_cluster(params: dict[str, Any], weights_file: Path, batch: int
+def on_cluster(params: dict[str, Any], weights_file: Path, batch: int, mirror: bool = False
                ) -> Iterator[ClusterExtraction]:
-    """The cluster of `params["cluster"]`, with the extractor built on every worker."""
+    """The cluster of `params["cluster"]`, with the extractor built on every worker (of
+    the images mirrored left-right, with `mirror`)."""
     started = time.monotonic()
     try:  # before the cluster starts: a missing file fails at once
         data = weights_file.read_bytes()
@@ -454,7 +456,7 @@ def on_cluster(params: dict[str, Any], weights_file: Path, batch: int
         _check_code(client, code)
         weights = client.scatter(data, broadcast=True, hash=False)
         job = Job(params, hashlib.sha256(data).hexdigest(), batch,
-                  _threads(client, params["threads"]))
+                  _threads(client, params["threads"]), mirror)
         del data
         shape, device, checked = _prepare_workers(client, job, weights)
         del weights  # built: Dask frees them on the workers

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from finetune.core.errors import StageError
-from finetune.core.paths import FEATURES_INDEX
+from finetune.core.paths import FEATURES_INDEX, MIRRORED_FEATURES_INDEX
 from finetune.core.progress import Progress
 from finetune.dataset.split import Sample
 
@@ -183,40 +183,83 @@ def weights_fingerprint(weights: Path, known: dict[str, Any] | None = None) -> d
 
 def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...], classes: list[str],
                 train: list[Sample], test_ids: list[str], unreadable: dict[str, Any],
-                weights: dict[str, Any], dtype: np.dtype = DTYPE) -> None:
+                weights: dict[str, Any], dtype: np.dtype = DTYPE, tta: str | None = None
+                ) -> None:
     """index.json; `weights` is the weights file's fingerprint (weights_fingerprint), `dtype`
-    the widest of the feature files' (each file's header says its own)."""
+    the widest of the feature files' (each file's header says its own); `tta` ("flip":
+    mirrored_features' rows, of the images mirrored) recorded where given."""
     index = {"params": {key: params[key] for key in FEATURE_PARAMS}, "shape": list(shape),
              "dtype": np.dtype(dtype).name, "classes": classes,
              "train": [[path, label] for path, label in train],
              "test_ids": test_ids, "test_unreadable": unreadable, "weights": weights}
+    if tta is not None:
+        index["tta"] = tta
     path.write_text(json.dumps(index, indent=1) + "\n")
 
 
 def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX, *,
-               manifest: Path | None = None, weights: Path | None = None) -> dict[str, Any]:
+               manifest: Path | None = None, weights: Path | None = None,
+               stage: str = "features") -> dict[str, Any]:
     """The features' index, checked against the params they must have been made with, and,
     where given, the images `manifest` (data/train.json) lists and the `weights` file: a
-    stage checks what it depends on in dvc.yaml."""
+    stage checks what it depends on in dvc.yaml. `stage` wrote `path` (the hints name it)."""
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StageError(f"{path} not found: run `dvc repro features` first") from None
+        raise StageError(f"{path} not found: run `dvc repro {stage}` first") from None
     except (OSError, ValueError) as error:
-        raise StageError(f"cannot read {path} ({error}): run `dvc repro -f features`") from None
+        raise StageError(f"cannot read {path} ({error}): run `dvc repro -f {stage}`") from None
     made_with = index.get("params", {})
     for key in FEATURE_PARAMS:
         if made_with.get(key) != params[key]:
             raise StageError(f"the features were made with {key}: {made_with.get(key)!r}, "
-                             f"params.yaml has {params[key]!r}: run `dvc repro features`")
+                             f"params.yaml has {params[key]!r}: run `dvc repro {stage}`")
     if "classes" not in index or "weights" not in index:
-        raise StageError(f"{path} was made by an older version: run `dvc repro -f features`")
+        raise StageError(f"{path} was made by an older version: run `dvc repro -f {stage}`")
     index["train"] = [(str(path), int(label)) for path, label in index["train"]]
     if manifest is not None:
         check_images(index, manifest)
     if weights is not None:
         check_weights(index["weights"], weights)
     return index
+
+
+# --- test-time augmentation: the mirrored images' features (tta: flip) ---------------
+
+MIRRORED_STAGE = "mirrored_features"
+
+
+def write_no_mirrored_index(path: Path) -> None:
+    """mirrored_features' index.json under `tta: none`: no rows, and it says why."""
+    path.write_text(json.dumps({"tta": "none"}) + "\n")
+
+
+def read_mirrored_index(params: dict[str, Any], index: dict[str, Any],
+                        path: Path = MIRRORED_FEATURES_INDEX) -> dict[str, Any] | None:
+    """With `tta: flip`, mirrored_features' index, checked as read_index checks the features
+    and row for row against theirs (`index`, read_index's): the same images and test ids
+    in the same order, the same weights and shape. None with `tta: none` (not read)."""
+    if params["tta"] == "none":
+        return None
+    try:
+        made_with = json.loads(path.read_text()).get("tta")
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: run `dvc repro {MIRRORED_STAGE}` first") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise StageError(f"cannot read {path} ({error}): run `dvc repro -f {MIRRORED_STAGE}`"
+                         ) from None
+    if made_with != params["tta"]:
+        raise StageError(f"the mirrored features were made with tta: {made_with!r}, "
+                         f"params.yaml has {params['tta']!r}: run `dvc repro {MIRRORED_STAGE}`")
+    mirrored = read_index(params, path, stage=MIRRORED_STAGE)
+    for key in ("classes", "train", "test_ids", "shape"):
+        if mirrored[key] != index[key]:
+            raise StageError(f"the mirrored features' {key} differ from the features': run "
+                             f"`dvc repro {MIRRORED_STAGE}`")
+    if mirrored["weights"].get("sha256") != index["weights"].get("sha256"):
+        raise StageError(f"the mirrored features were made with another weights file than "
+                         f"the features: run `dvc repro {MIRRORED_STAGE}`")
+    return mirrored
 
 
 def check_images(index: dict[str, Any], manifest: Path) -> None:

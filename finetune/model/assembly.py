@@ -43,6 +43,7 @@ from finetune.model.layers import (
     Temperature,
     augmentation,
     build_head,
+    mirroring,
     preprocessing,
 )
 
@@ -66,16 +67,21 @@ def trainable_part(backbone: keras.Model, params: dict[str, Any]) -> keras.Model
                        backbone.get_layer(cut_layer).output, name="trainable_base")
 
 
-def build_feature_extractor(params: dict[str, Any], weights_file: Path) -> keras.Model:
+def build_feature_extractor(params: dict[str, Any], weights_file: Path, mirror: bool = False
+                            ) -> keras.Model:
     """Raw pixels -> preprocessing -> frozen_base: what the features stage caches. It reads
-    only the params that change these activations (not cut_layer, the head or training)."""
+    only the params that change these activations (not cut_layer, the head or training).
+    With `mirror`, each image is mirrored left-right first: what mirrored_features caches
+    (`tta: flip`), by the same extraction code."""
     backbone = build_backbone(params)
     check_layers(backbone, params, keys=("unfreeze_after",))
     load_backbone_weights(backbone, weights_file)
     size = params["image_size"]
     inputs = keras.Input((size, size, 3), name="image")
-    outputs = frozen_part(backbone, params)(preprocessing(params)(inputs))
-    return keras.Model(inputs, outputs, name="feature_extractor")
+    x = mirroring()(inputs) if mirror else inputs
+    outputs = frozen_part(backbone, params)(preprocessing(params)(x))
+    return keras.Model(inputs, outputs, name="mirrored_extractor" if mirror
+                       else "feature_extractor")
 
 
 def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,

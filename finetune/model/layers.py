@@ -89,6 +89,13 @@ class Temperature(keras.layers.Layer):
                 "activation": self.activation}
 
 
+def mirroring() -> keras.layers.Layer:
+    """Each image mirrored left-right (the width axis of NHWC images), as RandomFlip's
+    "horizontal" mode flips, every time: the mirrored_features stage's extractor
+    (`tta: flip`). Never saved in a model, so a Lambda layer."""
+    return keras.layers.Lambda(lambda images: keras.ops.flip(images, axis=2), name="mirror")
+
+
 def build_head(params: dict[str, Any], classes: int) -> keras.Sequential:
     """Pooling, the hidden layer, dropout and the output: one sigmoid unit, P(second
     class), for two classes (as the reference recipe); a softmax over more."""

@@ -42,12 +42,15 @@ def pipeline(class_folder_run):
 def test_repro_runs_every_stage_on_the_class_folders(pipeline):
     project, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
-        "export"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "mirrored_features", "train",
+        "evaluate", "submit", "export"]
     # No test set: train.zip alone, no test features, and an empty submission folder.
     assert sorted(path.name for path in (project / "data/raw").iterdir()) == ["train.zip"]
     assert sorted(path.name for path in (project / "data/features").iterdir()) == [
         "index.json", "train.npy"]
+    # tta: none: mirrored_features wrote its index alone, saying so.
+    assert sorted(path.name for path in (project / "data/mirrored_features").iterdir()) == [
+        "index.json"]
     assert list((project / "data/submission").iterdir()) == []
     assert "nothing to submit" in first.stdout + first.stderr
     report = json.loads((project / "metrics/data.json").read_text())
@@ -144,3 +147,22 @@ def test_exp_run_lr_metrics_diff_and_plots(pipeline):
     assert {"Confusion matrix (validation)", "ROC curve (validation)",
             "Precision-recall curve (validation)"} <= {title for title, _ in drawn.values()}
     assert "metrics/evaluate/plots/images/mistakes.png" in drawn, drawn
+
+
+@pytest.mark.slow  # two `dvc exp run`s on a copy: the mirror images' features, a training
+def test_exp_run_tta_flip_reruns_only_the_stages_that_read_it(class_folder_run, tmp_path):
+    """`-S tta=flip` computes the mirror images' features and scores with them, reusing the
+    features and the model; then `-S lr=` retrains and rescores, reusing both features."""
+    project, env = class_folder_run.copy_of(tmp_path / "project"), class_folder_run.env
+    subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, env=env, check=True)
+    flipped = dvc(project, env, "exp", "run", "-S", "tta=flip")
+    assert ran_stages(flipped.stdout) == ["mirrored_features", "evaluate", "submit"]
+    assert sorted(path.name for path in (project / "data/mirrored_features").iterdir()) == [
+        "index.json", "train.npy"]
+    assert "tta: flip (each image averaged with its mirror image)" in flipped.stderr + (
+        flipped.stdout)
+    assert_evaluation_is_sound(project)  # each prediction the mean of photo and mirror
+    retrained = dvc(project, env, "exp", "run", "-S", "lr=1e-3")
+    assert ran_stages(retrained.stdout) == ["train", "evaluate", "submit", "export"]
+    assert_evaluation_is_sound(project)

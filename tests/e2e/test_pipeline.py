@@ -31,6 +31,7 @@ OUTS = [
     "data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv",
     "data/train/cat", "data/train/dog", "metrics/data.json",
     "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
+    "data/mirrored_features/index.json",  # tta: none by default: the index alone
     "models/backbone_notop.h5", "models/model.keras",
     "metrics/train/metrics.json", "metrics/evaluate/metrics.json",
     "metrics/evaluate/predictions.csv", "data/submission/submission.csv",
@@ -68,8 +69,8 @@ def pipeline(sample_dir, inception_weights, tmp_path_factory):
 def test_repro_builds_every_declared_output(pipeline):
     project, _, _, first = pipeline
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
-        "export"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "mirrored_features", "train",
+        "evaluate", "submit", "export"]
     for out in OUTS:
         assert (project / out).exists(), f"{out} missing after dvc repro"
     assert len(list((project / "data/train/cat").iterdir())) == 60
@@ -125,6 +126,25 @@ def test_experiments_on_training_knobs_reuse_the_features(pipeline):
         assert "train:" in dvc(project, env, "status", "train").stdout
         params_file.write_text(yaml.safe_dump({**params, "image_size": 80}))
         assert "features:" in dvc(project, env, "status", "features").stdout
+    finally:
+        params_file.write_text(original)
+
+
+def stale_stages(project, env) -> set[str]:
+    """The stages `dvc status` finds changed (each a "NAME:" line at the left margin)."""
+    return set(re.findall(r"^(\w+):$", dvc(project, env, "status").stdout, flags=re.M))
+
+
+def test_tta_changes_only_the_mirrored_features_and_the_stages_that_read_them(pipeline):
+    # `-S tta=flip` reruns mirrored_features, evaluate and submit, never features, train
+    # or export (DVC's own view of what is stale; `-S lr=` not rerunning mirrored_features:
+    # test_exp_run_lr_reruns_only_train_and_evaluate_and_metrics_diff).
+    project, env, _, _ = pipeline
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params_file.write_text(yaml.safe_dump({**yaml.safe_load(original), "tta": "flip"}))
+        assert stale_stages(project, env) == {"mirrored_features", "evaluate", "submit"}
     finally:
         params_file.write_text(original)
 

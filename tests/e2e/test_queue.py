@@ -55,8 +55,8 @@ def baseline(tmp_path_factory, mobilenet_random_weights) -> tuple[Path, dict[str
     env = stage_env()
     first = dvc(project, env, "repro")
     assert ran_stages(first.stdout) == [
-        "fetch_data", "split_classes", "fetch_weights", "features", "train", "evaluate", "submit",
-        "export"]
+        "fetch_data", "split_classes", "fetch_weights", "features", "mirrored_features", "train",
+        "evaluate", "submit", "export"]
     git("add", "-A", cwd=project)
     git("commit", "-qm", "baseline", cwd=project)
     return project, env

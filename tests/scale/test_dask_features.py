@@ -453,3 +453,25 @@ def test_images_go_to_the_workers_not_through_the_scheduler(tmp_path, runs):
     assert largest < 16_384 < chunk
     assert 1 <= most_images <= IN_FLIGHT_PER_WORKER
     assert_serial_bytes(project, runs)
+
+
+@pytest.mark.scale
+def test_mirrored_features_on_a_cluster_write_the_serial_bytes(tmp_path, sample_dir,
+                                                              mobilenet_random_weights):
+    """tta: flip: the mirror images' features, computed on a local Dask cluster (the flag
+    travels in the job), are the serial run's bytes, and not the plain features'."""
+    pytest.importorskip("distributed", reason="needs Dask: make setup EXTRAS=dask")
+    project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 8,
+                              **SMALL_NETWORK)
+    written = {}
+    for way, cluster in [("serial", ""), ("local", "local")]:
+        write_params(project, **SMALL_NETWORK, tta="flip", cluster=cluster, cluster_workers=2)
+        result = run_stage("mirrored_features", project, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        folder = project / "data" / "mirrored_features"
+        written[way] = {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    assert sorted(written["serial"]) == ["index.json", "test.npy", "train.npy"]
+    assert written["local"] == written["serial"]
+    assert run_stage("features", project, timeout=600).returncode == 0
+    plain = (project / "data" / "features" / "train.npy").read_bytes()
+    assert plain != written["serial"]["train.npy"]

@@ -197,6 +197,34 @@ def test_onnx_predict_needs_no_tensorflow_and_answers_as_predict(project, test_p
     assert jpeg <= JPEG_TOLERANCE and labels_changed <= LABELS_CHANGED
 
 
+def test_onnx_predict_tta_flip_answers_as_the_keras_predict(project, test_photos, tmp_path):
+    """--tta flip on the ONNX export (the decoded pixels mirrored in NumPy, no TensorFlow)
+    gives the Keras model's --tta flip probabilities on lossless images, which are not
+    the plain ones."""
+    from PIL import Image
+
+    pngs = []
+    for photo in test_photos[:3]:
+        with Image.open(photo) as image:
+            pngs.append(str(tmp_path / f"{photo.stem}.png"))
+            image.save(pngs[-1])
+    models = {"keras": str(project / "models/model.keras"),
+              "onnx": str(project / "models/export/model.onnx")}
+    runs = {(kind, tta): run_predict("--all", "--tta", tta, "--model", models[kind], *pngs,
+                                     tf_free=kind == "onnx")
+            for kind in models for tta in ("none", "flip")}
+    for run in runs.values():
+        assert run.returncode == 0, run.stderr
+
+    def probabilities(run: subprocess.CompletedProcess[str]) -> np.ndarray:
+        return np.array([[float(field.split("=")[1]) for field in fields[2:]]
+                         for fields in predict_lines(run).values()])
+
+    flipped = probabilities(runs["onnx", "flip"])
+    assert np.abs(flipped - probabilities(runs["keras", "flip"])).max() <= PARITY + 1e-6
+    assert np.abs(flipped - probabilities(runs["onnx", "none"])).max() > 1e-4
+
+
 def test_onnx_predict_refuses_what_it_cannot_run_in_one_line(project, tmp_path, test_photos):
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"not a model")

@@ -193,6 +193,54 @@ def test_params_it_does_not_read_leave_its_output_unchanged(tmp_path, extracted_
         "index.json", "test.npy", "train.npy"]
 
 
+# --- mirrored_features (tta) ----------------------------------------------------
+
+def test_the_mirrored_extractor_is_the_extractor_of_the_mirrored_images(extracted_features,
+                                                                        extractor):
+    """mirrored_features' extractor (tta: flip) gives, for each image, the plain
+    extractor's rows of that image mirrored left-right beforehand (the same ops on the
+    same pixels: equal to float32 rounding), and other rows than the image's own."""
+    from finetune.core.params import load_params
+    from finetune.model.assembly import build_feature_extractor
+
+    project = extracted_features.project
+    mirrored = build_feature_extractor(load_params(project / "params.yaml"),
+                                       project / "models" / "backbone_notop.h5", mirror=True)
+    size = SMALL_NETWORK["image_size"]
+    photos = sorted((project / "data" / "train").rglob("*.jpg"))[:6]
+    # And one image left and right of which differ for certain: dark left, bright right.
+    lopsided = np.zeros((size, size, 3), dtype=np.float32)
+    lopsided[:, size // 2:] = 255.0
+    lopsided[size // 4:size // 2, :size // 4] = 128.0
+    pixels = np.stack([*(photo_pixels(photo, size) for photo in photos), lopsided])
+    rows = np.asarray(mirrored.predict_on_batch(pixels))
+    of_flipped = np.asarray(extractor.predict_on_batch(pixels[:, :, ::-1]))
+    scale = np.abs(of_flipped).max()
+    assert np.abs(rows - of_flipped).max() <= 1e-5 * scale
+    plain = np.asarray(extractor.predict_on_batch(pixels))
+    difference = np.linalg.norm(rows[-1] - plain[-1]) / np.linalg.norm(plain[-1])
+    assert difference > 0.1, difference
+
+
+def test_mirrored_features_with_tta_none_write_only_their_index_without_tensorflow(tmp_path):
+    """tta: none (params.yaml's): data/mirrored_features holds just an index saying so,
+    written at once, with no TensorFlow (or Keras) imported: experiments pay nothing."""
+    write_params(tmp_path)
+    probe = ("import runpy, sys; sys.argv = ['mirrored_features']; "
+             "runpy.run_module('stages.mirrored_features', run_name='__main__', "
+             "alter_sys=True)\n"
+             "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path,
+                          env=stage_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    folder = tmp_path / "data" / "mirrored_features"
+    assert [path.name for path in folder.iterdir()] == ["index.json"]
+    assert json.loads((folder / "index.json").read_text()) == {"tta": "none"}
+    assert "mirrored_features: tta: none, nothing to compute" in done.stderr
+
+
 def other_value(key: str) -> object:
     return {"backbone": "MobileNetV2", "alpha": 0.5, "image_size": 128,
             "preprocessing": "unit", "unfreeze_after": "conv_pw_2_relu",

@@ -464,3 +464,130 @@ def test_predict_explain_is_refused_where_it_cannot_write_one_png_per_image(tmp_
     assert into_a_file.stderr.strip().splitlines() == [
         "error: --explain taken: is a file, not a folder"]
     assert not (tmp_path / "maps").exists()
+
+
+# --- test-time augmentation (tta: flip) ----------------------------------------------
+
+def lopsided_pair(photo: Path, folder: Path) -> tuple[Path, Path]:
+    """`photo` with its left quarter painted black, and that image mirrored left-right:
+    two PNGs (lossless: each decodes to the other's pixels mirrored) that a model tells
+    apart."""
+    from PIL import ImageDraw
+
+    with Image.open(photo) as opened:
+        image = opened.convert("RGB")
+    ImageDraw.Draw(image).rectangle((0, 0, image.width // 4, image.height), fill=(0, 0, 0))
+    image.save(folder / "image.png")
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "mirror.png")
+    return folder / "image.png", folder / "mirror.png"
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory: pytest.TempPathFactory, extracted_features: Extracted,
+             model_file: Path) -> Path:
+    """The extracted project with tta: flip and the model, after mirrored_features."""
+    project = submit_project(tmp_path_factory.mktemp("tta") / "project", extracted_features,
+                             model_file, tta="flip")
+    result = call_stage("mirrored_features", project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mirrored_features: wrote data/mirrored_features: 16 training images of 2 classes, "
+        f"{len(extracted_features.ids)} test images, 1 unreadable")
+    return project
+
+
+def test_mirrored_features_follow_the_features_row_for_row(mirrored):
+    from finetune.features.store import FeatureFile
+
+    plain = json.loads((mirrored / "data/features/index.json").read_text())
+    index = json.loads((mirrored / "data/mirrored_features/index.json").read_text())
+    assert index["tta"] == "flip"
+    assert {key: index[key] for key in plain} == plain  # the same images, ids, params, weights
+    for name in ("train.npy", "test.npy"):
+        rows = FeatureFile(mirrored / "data/mirrored_features" / name)
+        assert len(rows) == len(FeatureFile(mirrored / "data/features" / name))
+
+
+def mirror_expected(model_file: Path, photos: list[Path]) -> tuple:
+    """The model's P(dog) on Pillow's pixels of each photo, and the mean of that and its
+    P(dog) on the same pixels mirrored; and how far cached float16 features may move it."""
+    import numpy as np
+
+    from finetune.model.saved import load_model
+
+    model = load_model(model_file)
+    pixels = np.stack([photo_pixels(photo, SIZE) for photo in photos])
+    plain = model.predict(pixels, verbose=0).ravel()
+    flipped = model.predict(np.ascontiguousarray(pixels[:, :, ::-1]), verbose=0).ravel()
+    rounding = np.maximum(float16_bound(model, pixels), float16_bound(model, pixels[:, :, ::-1]))
+    return plain, (plain + flipped) / 2, rounding
+
+
+def test_submission_with_tta_flip_is_the_clipped_mean_of_image_and_mirror(
+        tmp_path, mirrored, extracted_features, model_file):
+    import numpy as np
+
+    project = shutil.copytree(mirrored, tmp_path / "project")
+    clip = 0.2
+    write_params(project, **{**SMALL, "tta": "flip", "clip": clip})
+    result = call_stage("submit", project)
+    assert result.returncode == 0, result.stderr
+    assert "averaged with its mirror image (tta: flip)" in result.stderr
+    rows = dict(read_submission(project))
+    assert rows[extracted_features.corrupt] == 0.5  # the prior, as without tta
+    readable = [photo for image_id, photo in extracted_features.photos.items()
+                if image_id != extracted_features.corrupt]
+    plain, mean, rounding = mirror_expected(model_file, readable)
+    for photo, expected, bound in zip(readable, np.clip(mean, clip, 1 - clip), rounding,
+                                      strict=True):
+        allowed = PNG_TOLERANCE + float(bound) if is_png(photo) else JPEG_TOLERANCE
+        assert rows[photo.stem] == pytest.approx(expected, abs=allowed), photo.name
+    # Not the plain predictions: the mirror images changed them (PNGs: a tight check).
+    pngs = [i for i, photo in enumerate(readable) if is_png(photo)]
+    assert pngs and np.abs(mean - plain)[pngs].max() > 10 * PNG_TOLERANCE + rounding.max()
+
+
+@pytest.mark.slow  # evaluate twice: 7 s
+def test_evaluate_with_tta_flip_scores_the_mean_of_image_and_mirror(tmp_path, mirrored,
+                                                                    model_file):
+    """Uncalibrated and calibrated (scored cross-fitted: the temperature chosen on the
+    other folds' plain logits applied to the image's and its mirror's): every prediction
+    and score by its definition (tests.support.scores), from the photos' pixels."""
+    import keras
+
+    from finetune.model.assembly import with_temperature
+    from finetune.model.saved import load_model
+    from tests.support.scores import assert_evaluation_is_sound
+
+    project = shutil.copytree(mirrored, tmp_path / "project")
+    write_params(project, **{**SMALL, "tta": "flip", "val_split": 0.5})
+    for calibrated in (False, True):
+        if calibrated:
+            with_temperature(load_model(model_file), 2.5).save(project / "models/model.keras")
+        result = call_stage("evaluate", project)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "tta: flip (each image averaged with its mirror image)" in result.stderr
+        assert ("calibrated (temperature 2.5)" in result.stderr) == calibrated
+        assert_evaluation_is_sound(project)
+    keras.backend.clear_session()
+
+
+def test_predict_tta_flip_averages_an_image_with_its_mirror(tmp_path, model_file, photos):
+    """--tta flip: an image and its mirror image get the same probabilities (each is the
+    other's mirror), the mean of the model's two plain predictions."""
+    import numpy as np
+
+    from finetune.dataset.decode import decode_pixels
+    from finetune.model.saved import load_model, predict_probabilities
+
+    image, mirror = lopsided_pair(photos[0], tmp_path)
+    result = call_stage("predict", tmp_path, "--model", str(model_file), "--all",
+                        "--tta", "flip", image.name, mirror.name)
+    assert result.returncode == 0, result.stderr
+    printed = parse_all_probabilities(result.stdout)
+    alone = predict_probabilities(load_model(model_file), np.stack(
+        [decode_pixels(path.read_bytes(), SIZE) for path in (image, mirror)]))
+    assert abs(alone[0, 1] - alone[1, 1]) > 1e-2  # a model that tells them apart
+    for number, name in enumerate(CLASSES):
+        assert printed[image.name][name] == pytest.approx(printed[mirror.name][name], abs=2e-6)
+        assert printed[image.name][name] == pytest.approx(alone[:, number].mean(), abs=2e-6)

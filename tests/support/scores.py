@@ -132,7 +132,8 @@ def assert_evaluation_is_sound(project: Path) -> None:
     """What `project`'s evaluate stage wrote holds up: it scored exactly the images train
     held out (by path, whether train read the cached features or the pixels), each row of
     metrics/evaluate/predictions.csv is the saved model's prediction for that photo (for a
-    calibrated model: with the temperature fitted on the other folds), every score in
+    calibrated model: with the temperature fitted on the other folds; with `tta: flip`, the
+    mean of the predictions for the photo and for its mirror image), every score in
     metrics.json is its definition computed from those rows, and so is the reliability
     diagram."""
     from finetune.core.params import load_params
@@ -154,10 +155,15 @@ def assert_evaluation_is_sound(project: Path) -> None:
                              "test: decoding the validation images")
         model = load_model(MODEL_FILE)
         calibration = None
+        # tta: flip: each photo's mirror image too (the width axis reversed).
+        mirrors = photos[:, :, ::-1].astype(np.float32) if params["tta"] == "flip" else None
         if model_temperature(model) is None:
             direct = predict_probabilities(model, photos.astype(np.float32))
+            if mirrors is not None:
+                direct = (direct + predict_probabilities(model, mirrors)) / 2
         else:
-            direct, calibration = cross_fitted(model, photos, labels, params, len(classes))
+            direct, calibration = cross_fitted(model, photos, labels, params, len(classes),
+                                               mirrors)
         # From pixels, not from the float16 features evaluate read: close, not equal.
         assert np.abs(direct - probabilities).max() < 0.02
         train_only = train_only_classes(list_samples(TRAIN_DIR), classes, params["val_split"])
@@ -172,13 +178,14 @@ def assert_evaluation_is_sound(project: Path) -> None:
 
 
 def cross_fitted(model: object, photos: np.ndarray, labels: np.ndarray, params: dict,
-                 classes: int) -> tuple[np.ndarray, dict]:
+                 classes: int, mirrors: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """A calibrated model's validation probabilities as evaluate scores them, recomputed:
     each fold's logits (from the pixels) divided by the temperature train's choice gives on
-    the other folds' (choose_temperature: tests/unit/evaluation/test_calibration.py); and
-    what reference_scores needs of it, the uncalibrated probabilities from the cached
-    features' logits, as evaluate reads them."""
-    from finetune.core.paths import TRAIN_FEATURES
+    the other folds' (choose_temperature: tests/unit/evaluation/test_calibration.py); with
+    `mirrors` (tta: flip), the probabilities of the photo and of its mirror image under that
+    temperature, averaged. And what reference_scores needs of it: the uncalibrated
+    probabilities from the cached features' logits, as evaluate reads them."""
+    from finetune.core.paths import MIRRORED_TRAIN_FEATURES, TRAIN_FEATURES
     from finetune.features.store import FeatureFile
     from finetune.model.assembly import logits_part, model_temperature
     from finetune.model.calibration import (
@@ -189,18 +196,25 @@ def cross_fitted(model: object, photos: np.ndarray, labels: np.ndarray, params: 
     )
     from finetune.training.inputs import feature_data
 
-    logits = np.asarray(logits_part(model, on_features=False).predict_on_batch(
-        photos.astype(np.float32)), dtype=np.float64)
+    on_pixels = logits_part(model, on_features=False)
+    logits = np.asarray(on_pixels.predict_on_batch(photos.astype(np.float32)), dtype=np.float64)
     folds = min(FOLDS, len(labels))
     fold_of = stratified_folds(labels, folds, params["seed"])
     direct = np.empty((len(labels), classes))
     for fold in range(folds):
         held_out = fold_of == fold
+        # From the plain logits alone, as train chooses the temperature the model keeps.
         temperature = choose_temperature(logits[~held_out], labels[~held_out],
                                          params["seed"]).temperature
         direct[held_out] = scaled_probabilities(logits[held_out], temperature)
+        if mirrors is not None:
+            mirrored = np.asarray(on_pixels.predict_on_batch(mirrors[held_out]), dtype=np.float64)
+            direct[held_out] = (direct[held_out]
+                                + scaled_probabilities(mirrored, temperature)) / 2
     validation = feature_data(params).validation
-    features = FeatureFile(TRAIN_FEATURES)[validation.rows].astype(np.float32)
-    cached = logits_part(model).predict_on_batch(features)
+    uncalibrated = [scaled_probabilities(logits_part(model).predict_on_batch(
+                        FeatureFile(path)[validation.rows].astype(np.float32)), 1.0)
+                    for path in (TRAIN_FEATURES, MIRRORED_TRAIN_FEATURES)[
+                        :1 if mirrors is None else 2]]
     return direct, {"temperature": model_temperature(model), "folds": folds,
-                    "uncalibrated": scaled_probabilities(cached, 1.0)}
+                    "uncalibrated": sum(uncalibrated) / len(uncalibrated)}

@@ -126,6 +126,44 @@ def test_evaluate_cross_fits_trains_whole_choice():
         assert temperature == choose_temperature(logits[others], labels[others], 5).temperature
 
 
+@pytest.mark.parametrize("classes", [2, 4])
+def test_evaluate_cross_fits_with_tta_as_the_model_is_deployed(classes):
+    """tta: flip: each fold's temperature is train's choice on the other folds' plain
+    logits alone (the mirror images' play no part: the model keeps one temperature), applied
+    to the held-out images' plain and mirrored logits, the two probabilities averaged."""
+    logits, labels = overconfident_set(classes, images=100, seed=4)
+    rng = np.random.default_rng(9)
+    mirrored = logits + rng.normal(0, 1.0, logits.shape)  # a mirror image: other logits
+    plain = cross_fitted(logits, labels, seed=5)
+    fitted = cross_fitted(logits, labels, seed=5, mirrored=mirrored)
+    assert fitted.temperatures == plain.temperatures
+    assert np.array_equal(fitted.fold_of, plain.fold_of)
+    assert min(fitted.temperatures) > 1.5  # overconfident: a temperature that matters
+    for fold, temperature in enumerate(fitted.temperatures):
+        held_out = fitted.fold_of == fold
+        others = ~held_out
+        assert temperature == choose_temperature(logits[others], labels[others], 5).temperature
+        expected = (softmax(logits[held_out], temperature)
+                    + softmax(mirrored[held_out], temperature)) / 2
+        np.testing.assert_allclose(fitted.probabilities[held_out], expected, rtol=1e-12,
+                                   atol=1e-15)
+    np.testing.assert_allclose(fitted.uncalibrated,
+                               (softmax(logits, 1.0) + softmax(mirrored, 1.0)) / 2, rtol=1e-12)
+    assert np.allclose(fitted.probabilities.sum(axis=1), 1)
+    # A mirror image that changes nothing changes nothing.
+    same = cross_fitted(logits, labels, seed=5, mirrored=logits)
+    np.testing.assert_allclose(same.probabilities, plain.probabilities, rtol=1e-12)
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) by its definition, a sigmoid's one column z read as [0, z]."""
+    z = logits / temperature
+    if z.shape[1] == 1:
+        z = np.hstack([np.zeros_like(z), z])
+    exp = np.exp(z - z.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def test_too_few_images_to_cross_fit_is_one_line():
     with pytest.raises(StageError, match="at least 2 validation images"):
         cross_fit(np.array([[1.0]]), np.array([1]), seed=0)

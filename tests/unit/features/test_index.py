@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from finetune.core.errors import StageError
-from finetune.features.store import FEATURE_PARAMS, read_index, weights_fingerprint, write_index
+from finetune.features.store import (
+    FEATURE_PARAMS,
+    read_index,
+    read_mirrored_index,
+    weights_fingerprint,
+    write_index,
+    write_no_mirrored_index,
+)
 
 PARAMS = {key: f"value of {key}" for key in FEATURE_PARAMS}
 IMAGES = {"cat": ["cat.0.jpg", "cat.1.jpg"], "dog": ["dog.0.jpg"]}
@@ -94,3 +101,48 @@ def test_an_index_without_the_weights_fingerprint_is_refused(project):
     (project / "index.json").write_text(json.dumps(index))
     with pytest.raises(StageError, match="made by an older version: run `dvc repro -f features`"):
         read(project)
+
+
+# --- the mirrored images' features (tta: flip; stages/mirrored_features.py) ----------
+
+def write_mirrored(project: Path, **changes: object) -> Path:
+    """mirrored_features' index beside the features', as tta: flip writes it, with `changes`."""
+    index = {**json.loads((project / "index.json").read_text()), "tta": "flip", **changes}
+    (project / "mirrored.json").write_text(json.dumps(index))
+    return project / "mirrored.json"
+
+
+def read_mirrored(project: Path, tta: str = "flip") -> dict | None:
+    return read_mirrored_index({**PARAMS, "tta": tta}, read(project), project / "mirrored.json")
+
+
+def test_mirrored_features_are_read_only_with_tta_flip(project):
+    assert read_mirrored(project, "none") is None  # not even looked for
+    write_mirrored(project)
+    assert read_mirrored(project)["train"] == read(project)["train"]
+
+
+@pytest.mark.parametrize(("changes", "hint"), [
+    ({"test_ids": ["1"]}, "the mirrored features' test_ids differ from the features'"),
+    ({"train": [["cat/cat.1.jpg", 0], ["cat/cat.0.jpg", 0], ["dog/dog.0.jpg", 1]]},
+     "the mirrored features' train differ from the features'"),
+    ({"weights": {"sha256": "0" * 64}}, "made with another weights file than the features"),
+    ({"params": {**PARAMS, "image_size": 7}}, "made with image_size: 7"),
+    ({"tta": "none"}, "made with tta: 'none', params.yaml has 'flip'"),
+])
+def test_mirrored_features_unlike_the_features_are_refused(project, changes, hint):
+    write_mirrored(project, **changes)
+    with pytest.raises(StageError, match="run `dvc repro mirrored_features`") as error:
+        read_mirrored(project)
+    assert hint in str(error.value)
+
+
+def test_the_index_of_tta_none_is_refused_under_tta_flip_and_a_missing_one_named(project):
+    write_no_mirrored_index(project / "mirrored.json")
+    with pytest.raises(StageError, match=r"made with tta: 'none', params.yaml has 'flip': "
+                                         r"run `dvc repro mirrored_features`$"):
+        read_mirrored(project)
+    (project / "mirrored.json").unlink()
+    with pytest.raises(StageError, match=r"mirrored.json not found: run `dvc repro "
+                                         r"mirrored_features` first$"):
+        read_mirrored(project)
