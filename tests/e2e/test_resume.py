@@ -21,8 +21,10 @@ import yaml
 
 from tests.support.commands import dvc, ran_stages
 
-# With `make test`'s two processes, in the one that makes the shared class-folder run.
-pytestmark = pytest.mark.xdist_group("class_folder_run")
+# `make test-slow` (a minute of the default suite's seven: tests/stages/test_train.py
+# checks the stage's own exact resume there); with two processes, it would run in the
+# one that makes the shared class-folder run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class_folder_run")]
 
 CHANGES = {"epochs": 6, "augment_flip": True}
 CLASSES = 3
