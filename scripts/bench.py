@@ -450,7 +450,7 @@ def repeat_rows(step: str, result: dict[str, Any]) -> list[dict[str, Any]]:
                       "tree_rss_mib": max(stage.tree_rss_mib for stage in recipe), **base})
     own = dvc_own_s(measured)
     if own is not None:
-        found.append({"step": f"{step}-dvc", "label": "  DVC's own time (outside stages)",
+        found.append({"step": f"{step}-dvc", "label": "  DVC's own time (outside processes)",
                       "wall_s": own})
     startup = train_startup(measured)
     if startup is not None:

@@ -44,21 +44,20 @@ def main() -> None:
     mark("configured")
     # Made before TensorFlow runs any op: it configures the collectives then.
     strategy = make_strategy(params["batch_size"]) if role is not None else None
-    # Names are checked before the slow parts (reading inputs, loading weights). In one
-    # process, on the backbone the model is then built on (built once, not twice): after
-    # seeding, as its random initial weights draw from the seeded generators just as they
-    # would inside build_model. A cluster builds it in the strategy's scope instead.
+    # Names are checked before the slow parts (reading inputs, loading weights), on the
+    # backbone the model is then built on (built once, not twice): after seeding, so its
+    # random initial weights are drawn as inside build_model. A cluster builds it in the
+    # strategy's scope, so it checks on a throwaway one, before seeding.
     backbone = None
     if role is None:
         set_determinism(params["seed"])
         backbone = checked_backbone(params)
     else:
         check_architecture(params)
+        set_determinism(params["seed"])
     mark("backbone")
     if not WEIGHTS_FILE.exists():
         raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
-    if role is not None:
-        set_determinism(params["seed"])
     if augments(params):
         print("train: augmentation is on, so the frozen part's input changes every epoch: "
               "training on pixels, not on the cached features", file=sys.stderr)
