@@ -127,7 +127,7 @@ plots: setup
 
 # The naive reference recipe against the pipeline, timed side by side on the same synthetic
 # photos (see scripts/bench.py); sizes and recipe by ARGS, e.g.
-#   make bench ARGS="--train 21000 --test 12500"
+#   make bench ARGS="--train 21000 --test 12500 --repeats 1"
 .PHONY: bench
 bench: setup
 	$(RUN) python -m scripts.bench $(ARGS)

@@ -1,8 +1,8 @@
 """Benchmark, one command (`make bench`): the reference recipe written the naive way
 against the pipeline, on the same photos, in one run.
 
-    python -m scripts.bench [--train 1000] [--test 200] [--steps abc] [...]
-    make bench ARGS="--train 21000 --test 12500"
+    python -m scripts.bench [--train 1000] [--test 200] [--steps abc] [--repeats 3] [...]
+    make bench ARGS="--train 21000 --test 12500 --repeats 1"
 
 Steps, each a child process timed from start to exit:
   a  scripts/naive_recipe.py: image_dataset_from_directory on class folders, fit for
@@ -10,6 +10,15 @@ Steps, each a child process timed from start to exit:
   b  the pipeline's first `dvc repro` of the whole DAG, in a fresh copy of the project
      (build/bench/<size>/project), with per-stage times
   c  `dvc exp run -S lr=<--exp-lr>` after b (the copy is committed first, as exp run needs)
+
+Each step runs --repeats times, and the report gives each figure's median and its range
+(min-max) over them: a and b afresh each time (b in a new copy), c one after the other in
+the last b's copy, repeat k with lr = exp-lr x (k + 1) (a value of its own: DVC's
+run-cache would restore an earlier repeat's results instead of running the stages). Two
+fixed costs have rows of their own: DVC's own time (the step's wall time outside its stage
+processes: DVC starting, checking and caching) and train's start-up (from its process's
+start to its first epoch, with its steps), from the marks the stages write where
+FINETUNE_TIMINGS asks (finetune.core.timings).
 
 The photos are synthetic (scripts/make_layout.py, Kaggle's layout, cached under
 build/bench/layouts/): 200x200 by default, or with `--photos kaggle` of real Kaggle
@@ -37,6 +46,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -48,6 +58,7 @@ from typing import Any, TextIO
 import psutil  # installed with dvc
 import yaml
 
+from finetune.core import timings
 from scripts.demo import copy_project, git
 from scripts.make_layout import KAGGLE, make_layout
 from scripts.random_weights import INCEPTION_NOTOP
@@ -79,6 +90,14 @@ DEFINITIONS = {
                     "epochs + validation images [evaluate]), divided by wall_s: the same count "
                     "in every row, so a whole-DAG row is also charged for its other stages "
                     "(extracting the data, checking it, predicting the test set)",
+    "dvc_own_s": "DVC's own time in a pipeline step: its wall time less the lifetimes of its "
+                 "stage processes (each from the kernel's start of the process to its exit, "
+                 "from the marks of finetune.core.timings): DVC starting, collecting the "
+                 "stages, checking deps and outputs, caching, writing dvc.lock, and for exp "
+                 "run its git work",
+    "train_startup_s": "train's start-up: from its process's start to the call of fit (its "
+                       "first epoch), split into steps by the marks of finetune.core.timings",
+    "median [min-max]": "over the --repeats runs of the step",
     "cpu_s": "user + system CPU seconds of the step's processes (wait4's rusage): less "
              "sensitive than wall_s to other programs competing for the CPUs",
     "max_rss_mib": "largest resident set reached by any ONE process of the step (the step's "
@@ -115,6 +134,7 @@ class Measured:
     load_before: float  # 1-minute load average when the step started
     log: str
     stages: list[Stage] = field(default_factory=list)
+    marks: list[dict[str, Any]] = field(default_factory=list)  # finetune.core.timings's
 
 
 class StageClock:
@@ -176,6 +196,9 @@ def sample_memory(root: int, clock: StageClock, done: threading.Event) -> list[i
 def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path,
             echo_all: bool) -> Measured:
     """Run `command`, logging its output to `log`, and measure it (see DEFINITIONS)."""
+    marks_file = log.with_suffix(".timings.jsonl")
+    marks_file.unlink(missing_ok=True)
+    env = {**env, timings.ENV: str(marks_file)}
     load_before = os.getloadavg()[0]
     clock, done = StageClock(), threading.Event()
     start = time.perf_counter()
@@ -202,7 +225,55 @@ def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path,
                     cpu_s=usage.ru_utime + usage.ru_stime,
                     max_rss_mib=usage.ru_maxrss * 1024 / MIB,  # ru_maxrss is in KiB on Linux
                     tree_rss_mib=max(peak, default=0) / MIB, load_before=load_before,
-                    log=str(log), stages=clock.stages)
+                    log=str(log), stages=clock.stages, marks=read_marks(marks_file))
+
+
+def read_marks(path: Path) -> list[dict[str, Any]]:
+    """The stage processes' marks (finetune.core.timings), in the order written."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# train's start-up, step by step: (step, from mark, to mark), finetune.core.timings's marks.
+STARTUP_STEPS = (("python + imports (TensorFlow, Keras)", timings.START, "main"),
+                 ("params, threads, precision", "main", "configured"),
+                 ("backbone built and checked", "configured", "backbone"),
+                 ("inputs (index, manifest, split)", "backbone", "inputs"),
+                 ("weights loaded", "inputs", "weights"),
+                 ("model assembled and compiled", "weights", "model"),
+                 ("log opened, fit called", "model", "fit"))
+
+
+def processes(marks: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each process's marks: its stage and each event's first time."""
+    found: dict[int, dict[str, Any]] = {}
+    for record in marks:
+        process = found.setdefault(record["pid"], {"stage": record["stage"]})
+        process.setdefault(record["event"], record["time"])
+    return found
+
+
+def dvc_own_s(measured: Measured) -> float | None:
+    """The step's wall time outside its stage processes' lifetimes (see DEFINITIONS), or
+    None where no stage process left its start and exit."""
+    lifetimes = [process[timings.EXIT] - process[timings.START]
+                 for process in processes(measured.marks).values()
+                 if timings.START in process and timings.EXIT in process]
+    return measured.wall_s - sum(lifetimes) if lifetimes else None
+
+
+def train_startup(measured: Measured) -> dict[str, float] | None:
+    """train's start-up (total, then each of STARTUP_STEPS), or None where no train process
+    reached fit."""
+    for process in processes(measured.marks).values():
+        if process["stage"] == "train" and timings.START in process and "fit" in process:
+            steps = {"total": process["fit"] - process[timings.START]}
+            for name, begin, end in STARTUP_STEPS:
+                if begin in process and end in process:
+                    steps[name] = process[end] - process[begin]
+            return steps
+    return None
 
 
 def copy_output(source: TextIO, log: TextIO, clock: StageClock, start: float,
@@ -280,14 +351,14 @@ def child_env() -> dict[str, str]:
 
 
 def naive_step(recipe: dict[str, Any], classes: Path, weights: Path, out: Path,
-               env: dict[str, str], echo_all: bool) -> dict[str, Any]:
+               env: dict[str, str], echo_all: bool, repeat: int) -> dict[str, Any]:
     result_file = out / "naive.json"
     result_file.unlink(missing_ok=True)  # never report an earlier run's figures
     options = [str(part) for key, option in RECIPE_KEYS.items()
                for part in (option, recipe[key])]
     command = [sys.executable, "-m", "scripts.naive_recipe", str(classes), str(weights),
                "--result", str(result_file), *options]
-    measured = measure(command, ROOT, env, out / "logs" / "a-naive.log", echo_all)
+    measured = measure(command, ROOT, env, out / "logs" / f"a-naive-{repeat}.log", echo_all)
     check("a", measured)
     result = json.loads(result_file.read_text())
     return {"measured": measured, **result}
@@ -305,28 +376,37 @@ def pipeline_metrics(project: Path) -> dict[str, Any]:
             "lr": params["lr"]}
 
 
-def pipeline_steps(steps: str, project: Path, params: dict[str, Any], exp_lr: float,
-                   out: Path, env: dict[str, str], echo_all: bool) -> dict[str, dict[str, Any]]:
+def first_repro(project: Path, params: dict[str, Any], out: Path, env: dict[str, str],
+                echo_all: bool, repeat: int) -> dict[str, Any]:
+    """Step b: the whole DAG's first `dvc repro` in a fresh copy of the project."""
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
     copy_project(project, params)
+    print(f"bench: b  dvc repro (whole DAG), repeat {repeat + 1}", flush=True)
+    measured = measure([dvc_command(env), "repro"], project, env,
+                       out / "logs" / f"b-repro-{repeat}.log", echo_all)
+    check("b", measured)
+    git("add", "-A", cwd=project)  # dvc exp run starts from a commit
+    git("commit", "-q", "-m", "first dvc repro", cwd=project)
+    return {"measured": measured, **pipeline_metrics(project)}
+
+
+def experiment(project: Path, lr: float, out: Path, env: dict[str, str], echo_all: bool,
+               repeat: int) -> dict[str, Any]:
+    """Step c: `dvc exp run -S lr=LR` in b's project."""
+    print(f"bench: c  dvc exp run -S lr={lr:g}, repeat {repeat + 1}", flush=True)
+    command = [dvc_command(env), "exp", "run", "-S", f"lr={lr:g}"]
+    measured = measure(command, project, env, out / "logs" / f"c-exp-run-{repeat}.log",
+                       echo_all)
+    check("c", measured)
+    return {"measured": measured, **pipeline_metrics(project)}
+
+
+def dvc_command(env: dict[str, str]) -> str:
     dvc = shutil.which("dvc", path=env["PATH"])  # this venv's, first on PATH
     if dvc is None:
         sys.exit(f"error: no dvc on PATH ({env['PATH']}): run `make setup` first")
-    results = {}
-    print("bench: b  dvc repro (whole DAG)", flush=True)
-    measured = measure([dvc, "repro"], project, env, out / "logs" / "b-repro.log", echo_all)
-    check("b", measured)
-    results["b"] = {"measured": measured, **pipeline_metrics(project)}
-    if "c" in steps:
-        git("add", "-A", cwd=project)  # dvc exp run starts from a commit
-        git("commit", "-q", "-m", "first dvc repro", cwd=project)
-        print(f"bench: c  dvc exp run -S lr={exp_lr}", flush=True)
-        command = [dvc, "exp", "run", "-S", f"lr={exp_lr}"]
-        measured = measure(command, project, env, out / "logs" / "c-exp-run.log", echo_all)
-        check("c", measured)
-        results["c"] = {"measured": measured, **pipeline_metrics(project)}
-    return results
+    return dvc
 
 
 # --- report ---------------------------------------------------------------------------
@@ -337,46 +417,82 @@ def work(result: dict[str, Any]) -> int:
     return result["train_images"] * epochs + result["val_images"] * (epochs + 1)
 
 
-def rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per step, plus for b and c the sum of their recipe stages."""
+def spread(values: list[float | None]) -> dict[str, Any] | None:
+    """Median, min and max of the repeats' values (None where a repeat has none)."""
+    found = [value for value in values if value is not None]
+    if not found:
+        return None
+    return {"median": statistics.median(found), "min": min(found), "max": max(found),
+            "n": len(found)}
+
+
+LABELS = {"a": "naive recipe (fit + evaluate)", "b": "dvc repro (whole DAG)",
+          "c": "dvc exp run -S lr=..."}
+NUMBERS = ("wall_s", "cpu_s", "max_rss_mib", "tree_rss_mib", "images_per_s", "accuracy",
+           "log_loss")
+
+
+def repeat_rows(step: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One repeat's rows: the step, the sum of its recipe stages, DVC's own time, train's
+    start-up (the last three where the step has them)."""
+    measured: Measured = result["measured"]
+    base = {"accuracy": result["accuracy"], "log_loss": result["log_loss"],
+            "images": work(result)}
+    found = [{"step": step, "label": LABELS[step], "wall_s": measured.wall_s,
+              "cpu_s": measured.cpu_s, "max_rss_mib": measured.max_rss_mib,
+              "tree_rss_mib": measured.tree_rss_mib, **base}]
+    found[0]["images_per_s"] = base["images"] / measured.wall_s
+    recipe = [stage for stage in measured.stages if stage.name in RECIPE_STAGES]
+    if recipe:
+        wall = sum(stage.wall_s for stage in recipe)
+        found.append({"step": f"{step}'", "wall_s": wall, "images_per_s": base["images"] / wall,
+                      "label": f"  of which {'+'.join(stage.name for stage in recipe)}",
+                      "tree_rss_mib": max(stage.tree_rss_mib for stage in recipe), **base})
+    own = dvc_own_s(measured)
+    if own is not None:
+        found.append({"step": f"{step}-dvc", "label": "  DVC's own time (outside processes)",
+                      "wall_s": own})
+    startup = train_startup(measured)
+    if startup is not None:
+        found.append({"step": f"{step}-start", "label": "  train's start-up (to 1st epoch)",
+                      "wall_s": startup["total"]})
+    return found
+
+
+def rows(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each row's figures over the repeats: {"median", "min", "max", "n"} (see spread)."""
     table = []
-    for step, result in results.items():
-        measured: Measured = result["measured"]
-        label = {"a": "naive recipe (fit + evaluate)", "b": "dvc repro (whole DAG)",
-                 "c": " ".join(["dvc exp run -S", measured.command[-1]])}[step]
-        base = {"accuracy": result["accuracy"], "log_loss": result["log_loss"],
-                "images": work(result)}
-        table.append({"step": step, "label": label, "wall_s": measured.wall_s,
-                      "cpu_s": measured.cpu_s,
-                      "max_rss_mib": measured.max_rss_mib,
-                      "tree_rss_mib": measured.tree_rss_mib, **base})
-        recipe = [stage for stage in measured.stages if stage.name in RECIPE_STAGES]
-        if recipe:
-            names = "+".join(stage.name for stage in recipe)
-            table.append({"step": f"{step}'", "label": f"  of which {names}",
-                          "wall_s": sum(stage.wall_s for stage in recipe), "cpu_s": None,
-                          "max_rss_mib": None,
-                          "tree_rss_mib": max(stage.tree_rss_mib for stage in recipe), **base})
-    for row in table:
-        row["images_per_s"] = row["images"] / row["wall_s"]
+    for step, repeats in results.items():
+        per_repeat = [repeat_rows(step, result) for result in repeats]
+        for first in per_repeat[0]:
+            same = [row for rows_ in per_repeat for row in rows_ if row["step"] == first["step"]]
+            table.append({"step": first["step"], "label": first["label"],
+                          **{name: spread([row.get(name) for row in same]) for name in NUMBERS}})
     return table
 
 
+def median(row: dict[str, Any], name: str) -> float | None:
+    return row[name]["median"] if row.get(name) else None
+
+
 def ratios(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row against a: wall time, images/s, and the peak RSS measured for both."""
+    """Each row's medians against a's: wall time, images/s, and the peak RSS measured for
+    both."""
     naive = next((row for row in table if row["step"] == "a"), None)
     if naive is None:
         return []
     found = []
     for row in table:
-        if row["step"] == "a":
+        if row["step"] == "a" or median(row, "images_per_s") is None:
             continue
         rss_kind = "max_rss_mib" if row["max_rss_mib"] is not None else "tree_rss_mib"
-        cpu = None if row["cpu_s"] is None else row["cpu_s"] / naive["cpu_s"]
-        found.append({"ratio": f"{row['step']}/a", "wall_s": row["wall_s"] / naive["wall_s"],
-                      "cpu_s": cpu,
-                      "images_per_s": row["images_per_s"] / naive["images_per_s"],
-                      "rss": row[rss_kind] / naive[rss_kind], "rss_kind": rss_kind})
+        cpu = median(row, "cpu_s")
+        found.append({"ratio": f"{row['step']}/a",
+                      "wall_s": median(row, "wall_s") / median(naive, "wall_s"),
+                      "cpu_s": None if cpu is None else cpu / median(naive, "cpu_s"),
+                      "images_per_s": median(row, "images_per_s") / median(naive, "images_per_s"),
+                      "rss": median(row, rss_kind) / median(naive, rss_kind),
+                      "rss_kind": rss_kind})
     return found
 
 
@@ -384,44 +500,73 @@ def number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def ranged(figure: dict[str, Any] | None, digits: int = 1) -> str:
+    """"median [min-max]", or the one value of a single repeat."""
+    if figure is None:
+        return "-"
+    if figure["n"] == 1:
+        return number(figure["median"], digits)
+    return (f"{number(figure['median'], digits)} [{number(figure['min'], digits)}-"
+            f"{number(figure['max'], digits)}]")
+
+
 def print_report(header: str, table: list[dict[str, Any]], found: list[dict[str, Any]],
-                 results: dict[str, dict[str, Any]], random: bool) -> None:
+                 results: dict[str, list[dict[str, Any]]], random: bool) -> None:
     print(f"\n{header}")
     caveat = "  (RANDOM weights, synthetic photos: meaningless)" if random else ""
-    print(f"\n{'step':<5}{'':<40}{'wall s':>9}{'CPU s':>8}{'images/s':>10}{'max RSS MiB':>13}"
-          f"{'tree RSS MiB':>14}{'val acc':>9}{'log loss':>10}{caveat}")
+    repeats = max(len(repeats) for repeats in results.values())
+    print(f"each figure: median [min-max] of {repeats} repeats" if repeats > 1 else "")
+    print(f"\n{'step':<9}{'':<36}{'wall s':>22}{'CPU s':>22}{'images/s':>20}"
+          f"{'max RSS MiB':>20}{'tree RSS MiB':>20}{'val acc':>9}{'log loss':>10}{caveat}")
     for row in table:
-        print(f"{row['step']:<5}{row['label']:<40}{number(row['wall_s']):>9}"
-              f"{number(row['cpu_s']):>8}"
-              f"{number(row['images_per_s']):>10}{number(row['max_rss_mib'], 0):>13}"
-              f"{number(row['tree_rss_mib'], 0):>14}{row['accuracy']:>9.3f}"
-              f"{row['log_loss']:>10.4f}")
+        print(f"{row['step']:<9}{row['label']:<36}{ranged(row['wall_s']):>22}"
+              f"{ranged(row['cpu_s']):>22}{ranged(row['images_per_s']):>20}"
+              f"{ranged(row['max_rss_mib'], 0):>20}{ranged(row['tree_rss_mib'], 0):>20}"
+              f"{number(median(row, 'accuracy'), 3):>9}{number(median(row, 'log_loss'), 4):>10}")
     if found:
-        print(f"\n{'ratio':<8}{'wall time':>11}{'CPU time':>10}{'images/s':>10}{'peak RSS':>10}"
-              "  (RSS compared)")
+        print(f"\n{'ratio':<12}{'wall time':>11}{'CPU time':>10}{'images/s':>10}{'peak RSS':>10}"
+              "  (medians; RSS compared)")
         for ratio in found:
-            print(f"{ratio['ratio']:<8}{ratio['wall_s']:>11.2f}{number(ratio['cpu_s'], 2):>10}"
+            print(f"{ratio['ratio']:<12}{ratio['wall_s']:>11.2f}{number(ratio['cpu_s'], 2):>10}"
                   f"{ratio['images_per_s']:>10.2f}"
                   f"{ratio['rss']:>10.2f}  ({ratio['rss_kind'].removesuffix('_mib')})")
     for step in ("b", "c"):
         if step in results:
-            print_stages(step, results[step]["measured"])
+            print_stages(step, [result["measured"] for result in results[step]])
+            print_startup(step, [result["measured"] for result in results[step]])
     print("\nwhat the figures mean:")
     for name, meaning in DEFINITIONS.items():
         print(f"  {name}: {meaning}")
-    for step, result in results.items():
-        load = result["measured"].load_before
-        if load > 0.5:
-            print(f"note: load average {load:.1f} when step {step} started: other processes "
-                  f"shared the {os.cpu_count()} CPUs, so its times are inflated")
+    for step, repeats in results.items():
+        loads = [result["measured"].load_before for result in repeats]
+        if max(loads) > 0.5:
+            print(f"note: load average up to {max(loads):.1f} when step {step} started: other "
+                  f"processes shared the {os.cpu_count()} CPUs, so its times are inflated")
 
 
-def print_stages(step: str, measured: Measured) -> None:
-    print(f"\nstages of {step}{'':<11}{'wall s':>9}{'tree RSS MiB':>14}")
-    for stage in measured.stages:
-        print(f"  {stage.name:<22}{stage.wall_s:>9.1f}{stage.tree_rss_mib:>14,.0f}")
-    outside = measured.wall_s - sum(stage.wall_s for stage in measured.stages)
-    print(f"  {'(dvc outside stages)':<22}{outside:>9.1f}")
+def print_stages(step: str, repeats: list[Measured]) -> None:
+    print(f"\nstages of {step}{'':<11}{'wall s':>22}{'tree RSS MiB':>20}")
+    names = [stage.name for stage in repeats[0].stages]
+    for name in names:
+        walls = [stage.wall_s for measured in repeats for stage in measured.stages
+                 if stage.name == name]
+        peaks = [stage.tree_rss_mib for measured in repeats for stage in measured.stages
+                 if stage.name == name]
+        print(f"  {name:<22}{ranged(spread(walls)):>22}{ranged(spread(peaks), 0):>20}")
+    outside = [measured.wall_s - sum(stage.wall_s for stage in measured.stages)
+               for measured in repeats]
+    print(f"  {'(dvc outside stages)':<22}{ranged(spread(outside)):>22}")
+    own = [dvc_own_s(measured) for measured in repeats]
+    print(f"  {'(dvc outside processes)':<22}{ranged(spread(own), 2):>22}")
+
+
+def print_startup(step: str, repeats: list[Measured]) -> None:
+    found = [startup for startup in map(train_startup, repeats) if startup]
+    if not found:
+        return
+    print(f"\ntrain's start-up in {step}{'':<17}{'s':>22}")
+    for name in ["total", *(name for name, _, _ in STARTUP_STEPS)]:
+        print(f"  {name:<37}{ranged(spread([steps.get(name) for steps in found]), 2):>22}")
 
 
 # --- main -----------------------------------------------------------------------------
@@ -439,7 +584,10 @@ def parse_args() -> argparse.Namespace:
                         help="200x200 photos, or real Kaggle photos' sizes (default: 200)")
     parser.add_argument("--steps", default="abc", choices=("abc", "ab", "bc", "a", "b"),
                         help="which steps to run (c needs b)")
-    parser.add_argument("--exp-lr", type=float, default=1e-4, help="lr of step c's exp run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each step, for the median and range (default: 3)")
+    parser.add_argument("--exp-lr", type=float, default=1e-4,
+                        help="lr of step c's first exp run (repeat k: x (k + 1))")
     parser.add_argument("--weights", type=Path,
                         help="real notop weights of --backbone (default: random InceptionV3)")
     parser.add_argument("--verbose", action="store_true", help="echo every line of the steps")
@@ -448,7 +596,10 @@ def parse_args() -> argparse.Namespace:
                 "lr": float, "val_split": float}.get(key, str)
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind,
                             help=f"recipe's {key} (default: params.yaml's)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
 
 
 def main() -> None:
@@ -477,13 +628,19 @@ def main() -> None:
 
     print("bench: decoding alone", flush=True)
     decoding = decode_step(layout, recipe["image_size"], env)
-    results: dict[str, dict[str, Any]] = {}
-    if "a" in args.steps:
-        print("bench: a  naive recipe", flush=True)
-        results["a"] = naive_step(recipe, classes, weights, out, env, args.verbose)
-    if "b" in args.steps:
-        results |= pipeline_steps(args.steps, out / "project", params, args.exp_lr, out, env,
-                                  args.verbose)
+    results: dict[str, list[dict[str, Any]]] = {}
+    project = out / "project"
+    for repeat in range(args.repeats):
+        if "a" in args.steps:
+            print(f"bench: a  naive recipe, repeat {repeat + 1}", flush=True)
+            results.setdefault("a", []).append(
+                naive_step(recipe, classes, weights, out, env, args.verbose, repeat))
+        if "b" in args.steps:
+            results.setdefault("b", []).append(
+                first_repro(project, params, out, env, args.verbose, repeat))
+    if "c" in args.steps:
+        results["c"] = [experiment(project, args.exp_lr * (repeat + 1), out, env, args.verbose,
+                                   repeat) for repeat in range(args.repeats)]
     report(args, recipe, results, decoding, layout, weights, out)
 
 
@@ -499,28 +656,28 @@ def decode_step(layout: Path, image_size: int, env: dict[str, str]) -> dict[str,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def features_rate(results: dict[str, dict[str, Any]], images: int) -> float | None:
-    """The features stage's images/s in step b, its start-up included."""
-    if "b" not in results:
-        return None
-    stages = {stage.name: stage.wall_s for stage in results["b"]["measured"].stages}
-    return images / stages["features"] if stages.get("features") else None
+def features_rate(results: dict[str, list[dict[str, Any]]], images: int) -> float | None:
+    """The features stage's images/s in step b, its start-up included (median of the
+    repeats)."""
+    walls = [stage.wall_s for result in results.get("b", [])
+             for stage in result["measured"].stages if stage.name == "features"]
+    return images / statistics.median(walls) if walls else None
 
 
 def print_decoding(decoding: dict[str, Any], network: float | None) -> None:
     rates = ", ".join(f"{rate:,.0f}" for rate in decoding["images_per_s"])
-    median = decoding["median_images_per_s"]
+    median_rate = decoding["median_images_per_s"]
     print(f"\ndecoding alone: {decoding['images']:,} photos of {decoding['mean_width']:.0f}x"
           f"{decoding['mean_height']:.0f} on average to {decoding['image_size']} px, the "
-          f"features stage's decoder: median {median:,.0f} images/s (repeats: {rates})")
+          f"features stage's decoder: median {median_rate:,.0f} images/s (repeats: {rates})")
     if network:
-        verdict = "keeps up" if median > 2 * network else "may hold the network back"
+        verdict = "keeps up" if median_rate > 2 * network else "may hold the network back"
         print(f"  the features stage (b, start-up included): {network:,.1f} images/s; "
-              f"decoding is {median / network:.1f}x as fast: it {verdict}")
+              f"decoding is {median_rate / network:.1f}x as fast: it {verdict}")
 
 
 def report(args: argparse.Namespace, recipe: dict[str, Any],
-           results: dict[str, dict[str, Any]], decoding: dict[str, Any], layout: Path,
+           results: dict[str, list[dict[str, Any]]], decoding: dict[str, Any], layout: Path,
            weights: Path, out: Path) -> None:
     random = args.weights is None
     table, header = rows(results), (
@@ -541,8 +698,11 @@ def report(args: argparse.Namespace, recipe: dict[str, Any],
                     "platform": platform.platform()},
         "definitions": DEFINITIONS, "rows": table, "ratios": found,
         "decoding": decoding, "features_images_per_s": network,
-        "steps": {step: {**result, "measured": asdict(result["measured"])}
-                  for step, result in results.items()},
+        "steps": {step: [{**result, "measured": asdict(result["measured"]),
+                          "dvc_own_s": dvc_own_s(result["measured"]),
+                          "train_startup_s": train_startup(result["measured"])}
+                         for result in repeats]
+                  for step, repeats in results.items()},
     }
     path = out / "results.json"
     path.write_text(json.dumps(document, indent=2) + "\n")

@@ -23,7 +23,8 @@ from finetune.core.params import load_params
 from finetune.core.paths import WEIGHTS_FILE
 from finetune.core.runner import run_main
 from finetune.core.runtime import configure
-from finetune.model.backbone import check_architecture
+from finetune.core.timings import mark
+from finetune.model.backbone import check_architecture, checked_backbone
 from finetune.model.layers import augments
 from finetune.training.determinism import set_determinism
 from finetune.training.fit import train, train_on_cluster
@@ -40,21 +41,32 @@ def main() -> None:
         check_batch_split(params["batch_size"], role.workers)
         check_patched_sources()
     configure(params)
+    mark("configured")
     # Made before TensorFlow runs any op: it configures the collectives then.
     strategy = make_strategy(params["batch_size"]) if role is not None else None
-    # Names are checked before the slow parts (reading inputs, loading weights).
-    check_architecture(params)
+    # Names are checked before the slow parts (reading inputs, loading weights), on the
+    # backbone the model is then built on (built once, not twice): after seeding, so its
+    # random initial weights are drawn as inside build_model. A cluster builds it in the
+    # strategy's scope, so it checks on a throwaway one, before seeding.
+    backbone = None
+    if role is None:
+        set_determinism(params["seed"])
+        backbone = checked_backbone(params)
+    else:
+        check_architecture(params)
+        set_determinism(params["seed"])
+    mark("backbone")
     if not WEIGHTS_FILE.exists():
         raise StageError(f"{WEIGHTS_FILE} not found: run `dvc repro fetch_weights` first")
-    set_determinism(params["seed"])
     if augments(params):
         print("train: augmentation is on, so the frozen part's input changes every epoch: "
               "training on pixels, not on the cached features", file=sys.stderr)
         data = pixel_data(params)
     else:
         data = feature_data(params)
+    mark("inputs")
     if role is None:
-        train(params, data)
+        train(params, data, backbone=backbone)
     else:
         train_on_cluster(params, data, role, strategy)
 

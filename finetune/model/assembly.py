@@ -32,9 +32,11 @@ from typing import Any
 
 import keras
 
+from finetune.core.timings import mark
 from finetune.model.backbone import (
     build_backbone,
     check_layers,
+    checked_backbone,
     layer_name,
     load_backbone_weights,
 )
@@ -85,12 +87,15 @@ def build_feature_extractor(params: dict[str, Any], weights_file: Path, mirror: 
 
 
 def build_model(params: dict[str, Any], weights_file: Path, fine_tune: bool,
-                classes: list[str]) -> keras.Model:
+                classes: list[str], backbone: keras.Model | None = None) -> keras.Model:
     """Build and compile the model for `classes` (label i is classes[i]); call it inside a
-    tf.distribute strategy's scope to scale."""
-    backbone = build_backbone(params)
-    check_layers(backbone, params)
+    tf.distribute strategy's scope to scale. `backbone`: one checked_backbone made and no
+    model uses yet (a caller that checked the params on it: built once, not twice);
+    without it, one is built here."""
+    if backbone is None:
+        backbone = checked_backbone(params)
     load_backbone_weights(backbone, weights_file)
+    mark("weights")
 
     frozen_base = frozen_part(backbone, params)
     size = params["image_size"]

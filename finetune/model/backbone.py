@@ -172,6 +172,15 @@ def check_architecture(params: dict[str, Any]) -> None:
     check_split(_layout(params["backbone"], params["alpha"], params["image_size"]), params)
 
 
+def checked_backbone(params: dict[str, Any]) -> keras.Model:
+    """build_backbone, its layer params checked on it (check_layers): check_architecture
+    for a caller that goes on to use the backbone (train), which would otherwise build it
+    twice (seconds for InceptionV3)."""
+    backbone = build_backbone(params)
+    check_layers(backbone, params)
+    return backbone
+
+
 def layer_name(backbone: keras.Model | Layout, params: dict[str, Any], key: str) -> str:
     """The backbone layer that the layer param `key` names (`last`: its output layer)."""
     if params[key] != LAST_LAYER:

@@ -21,6 +21,7 @@ from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
 from finetune.core.params import EXECUTION_PARAMS
 from finetune.core.paths import WEIGHTS_FILE
+from finetune.core.timings import mark
 from finetune.model.assembly import (
     build_model,
     logits_part,
@@ -47,11 +48,11 @@ from finetune.training.outputs import Outputs, worker_outputs
 
 
 def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = None,
-          strategy: Any = None) -> None:
+          strategy: Any = None, backbone: keras.Model | None = None) -> None:
     """Fit (resuming a killed run of the same training), keep the best or last epoch, and
     save the whole model, frozen part included, taking raw pixels. With a tf.distribute
     `strategy`, the model is built and trained in its scope, each replica on its share of
-    each batch."""
+    each batch. `backbone`: see build_model (not with a strategy: built in its scope)."""
     outputs = outputs or Outputs()  # the project's own paths
     resuming = resumable_backup(run_record(params, data.identity), outputs,
                                 strategy is not None)
@@ -67,12 +68,14 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
         return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
     with scope():
-        model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune, classes=data.classes)
+        model = build_model(params, WEIGHTS_FILE, fine_tune=fine_tune, classes=data.classes,
+                            backbone=backbone)
         # On features, fit the layers above frozen_base: they are shared with `model`.
         trainee = trained_part(model) if data.on_features else model
         set_phase(trainee, params, fine_tune=fine_tune)
     if done:
         restore(trainee, done, outputs)
+    mark("model")
 
     # The best val_loss so far survives a resume in dvclive's log, kept by `persist`.
     checkpoints = Checkpoints(best_val_loss(logged_val_losses(outputs)) if resuming
@@ -89,6 +92,7 @@ def train(params: dict[str, Any], data: TrainingData, outputs: Outputs | None = 
         # Logged before checkpointed: a backup never gets ahead of the log.
         callbacks = [randomness, logger, checkpoints]
         data.train.first_epoch = first_epoch
+        mark("fit")
         # shuffle=False: EpochBatches shuffles, by epoch, and fit's own would be ignored.
         trainee.fit(training, steps_per_epoch=data.train.steps, shuffle=False,
                     validation_data=validation,

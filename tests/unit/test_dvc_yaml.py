@@ -41,6 +41,8 @@ EXEMPT_EVERYWHERE = {
     "finetune/core/errors.py": "the StageError class: a failed stage leaves no output",
     "finetune/core/runner.py": "turns a failure into one `error:` line; a failed stage leaves "
                                "no output",
+    "finetune/core/timings.py": "writes the benchmark's timestamps where FINETUNE_TIMINGS asks "
+                                "(scripts/bench.py); computes nothing a stage outputs",
     "finetune/core/params.py": "reads and checks params.yaml; the values a stage uses are "
                                "tracked by DVC itself, under the stage's `params:`",
     "finetune/core/paths.py": "names the paths, which dvc.yaml declares too (tied by the tests "

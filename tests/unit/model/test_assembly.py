@@ -1,6 +1,7 @@
 """finetune.model.assembly: the backbone split into a frozen and a trainable part, the
 model built and compiled per phase (set_phase), BatchNormalization kept in inference mode
-while fine-tuning, mixed precision in the model."""
+while fine-tuning, mixed precision in the model, the same model from a backbone the caller
+built (train: built once)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 from finetune.core.runtime import configure
 from finetune.model.assembly import build_model, set_phase
-from finetune.model.backbone import build_backbone
+from finetune.model.backbone import build_backbone, checked_backbone
 from finetune.model.saved import load_model
+from finetune.training.determinism import set_determinism
 from tests.support.networks import CLASSES, SIZE, drawn_images, mobilenet_params
 
 
@@ -31,6 +33,24 @@ def test_last_names_the_backbones_output_layer(random_mobilenet_file, unfreeze_a
     else:
         inside = model.get_layer("trainable_base")
         assert [layer.name for layer in inside.layers if layer.trainable_weights] == fine_tuned
+
+
+def test_a_backbone_built_by_the_caller_gives_the_same_model(random_mobilenet_file):
+    """train builds and checks the backbone once, after seeding, and hands it to build_model:
+    the same weights, the head's random ones included, as build_model building it itself."""
+    params = mobilenet_params(dense_units=8)
+
+    def weights(prebuilt: bool) -> list[np.ndarray]:
+        set_determinism(params["seed"])
+        backbone = checked_backbone(params) if prebuilt else None
+        model = build_model(params, random_mobilenet_file, fine_tune=True, classes=CLASSES,
+                            backbone=backbone)
+        return [np.asarray(variable) for variable in model.weights]
+
+    built_inside, handed_over = weights(prebuilt=False), weights(prebuilt=True)
+    assert len(built_inside) == len(handed_over)
+    for inside, over in zip(built_inside, handed_over, strict=True):
+        np.testing.assert_array_equal(inside, over)
 
 
 def test_batchnorm_statistics_and_frozen_part_stay_fixed_while_fine_tuning(
