@@ -17,19 +17,16 @@ averaged with its mirror image's, whose activations mirrored_features cached
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from finetune.core.params import load_params
 from finetune.core.paths import (
     EVALUATE_LIVE_DIR,
-    MIRRORED_TRAIN_FEATURES,
     MISTAKES_GRID,
     MODEL_FILE,
     PREDICTIONS_FILE,
     TRAIN_DIR,
-    TRAIN_FEATURES,
     TRAIN_MANIFEST,
 )
 from finetune.core.runner import run_main
@@ -42,15 +39,12 @@ from finetune.dataset.split import (
     train_only_classes,
     train_only_note,
 )
-from finetune.evaluation.calibration import cross_fitted
-from finetune.evaluation.heat_maps import file_heat_maps
-from finetune.evaluation.mistakes import mistakes_figure, most_confident_mistakes
-from finetune.evaluation.predictions import validation_outputs, write_predictions
+from finetune.evaluation.mistakes import mistakes_grid
+from finetune.evaluation.predictions import validation_probabilities, write_predictions
 from finetune.evaluation.scores import headline, log_scores
 from finetune.features.store import read_index, read_mirrored_index
 from finetune.model.assembly import logits_part, model_temperature, trained_part
-from finetune.model.probabilities import mirror_average
-from finetune.model.saved import check_model_classes, class_probabilities, load_model
+from finetune.model.saved import check_model_classes, load_model
 
 
 def main() -> None:
@@ -72,36 +66,20 @@ def main() -> None:
     temperature = model_temperature(model)
     # A calibrated model is scored cross-fitted, from its logits (finetune.evaluation.calibration).
     part = trained_part(model) if temperature is None else logits_part(model)
-    rows = np.array([row_of[path] for path, _ in val_files])
-    outputs = validation_outputs(part, TRAIN_FEATURES, rows, params, "validation images")
-    # tta: flip: the same rows of the mirror images' activations.
-    flipped = validation_outputs(part, MIRRORED_TRAIN_FEATURES, rows, params,
-                                 "mirrored validation images") if mirrored else None
-    started = time.perf_counter()
-    calibrated = None if temperature is None else cross_fitted(outputs, labels,
-                                                                params["seed"], flipped)
-    fitting = time.perf_counter() - started
-    if calibrated is not None:
-        probabilities = calibrated.probabilities
-    elif flipped is None:
-        probabilities = class_probabilities(outputs)
-    else:
-        probabilities = mirror_average(class_probabilities(outputs),
-                                       class_probabilities(flipped))
+    probabilities, calibrated, seconds = validation_probabilities(
+        part, np.array([row_of[path] for path, _ in val_files]), labels, params,
+        temperature is not None, mirrored)
 
     with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
         log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
-        shown = most_confident_mistakes(labels, probabilities)
-        names = paths_of(val_files)
-        photos = [str(TRAIN_DIR / names[i]) for i in shown]
-        heat_maps = file_heat_maps(model, photos, probabilities[shown].argmax(axis=1))
-        live.log_image(MISTAKES_GRID.name, mistakes_figure(photos, labels[shown],
-                                                       probabilities[shown], classes, heat_maps))
+        photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
+        live.log_image(MISTAKES_GRID.name,
+                       mistakes_grid(model, photos, labels, probabilities, classes))
         summary = headline(live.summary)
     write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}"
           + ("" if calibrated is None else f", calibrated (temperature {temperature:.6g}), "
-             f"cross-fitted over {len(calibrated.temperatures)} folds ({fitting:.2f} s)")
+             f"cross-fitted over {len(calibrated.temperatures)} folds ({seconds:.2f} s)")
           + (", tta: flip (each image averaged with its mirror image)" if mirrored else ""),
           file=sys.stderr)
     if train_only:

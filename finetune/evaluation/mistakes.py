@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.evaluation.heat_maps import TITLE, overlay, read_photo
+from finetune.evaluation.heat_maps import TITLE, file_heat_maps, overlay, read_photo
 
 MISTAKES_SHOWN = 16
 
@@ -47,3 +47,13 @@ def mistakes_figure(paths: list[str], labels: np.ndarray, probabilities: np.ndar
     figure.suptitle(f"Most confident mistakes ({len(paths)} shown; {TITLE})")
     figure.tight_layout()
     return figure
+
+
+def mistakes_grid(model: Any, photos: list[str], labels: np.ndarray,
+                  probabilities: np.ndarray, classes: list[str]) -> Any:
+    """The grid of the most confident of these mistakes, each with the heat map of the
+    class said: the full `model` on the shown photos' pixels only (at most MISTAKES_SHOWN)."""
+    shown = most_confident_mistakes(labels, probabilities)
+    files = [photos[i] for i in shown]
+    heat_maps = file_heat_maps(model, files, probabilities[shown].argmax(axis=1))
+    return mistakes_figure(files, labels[shown], probabilities[shown], classes, heat_maps)

@@ -10,15 +10,19 @@ float), so that they read back exactly.
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
-from finetune.core.paths import MODEL_FILE
+from finetune.core.paths import MIRRORED_TRAIN_FEATURES, MODEL_FILE, TRAIN_FEATURES
+from finetune.evaluation.calibration import cross_fitted
 from finetune.features.store import FeatureFile, predict_rows
+from finetune.model.calibration import CrossFit
+from finetune.model.probabilities import class_probabilities, mirror_average
 
 
 def validation_outputs(part: Any, features: Path, rows: np.ndarray, params: dict[str, Any],
@@ -32,6 +36,34 @@ def validation_outputs(part: Any, features: Path, rows: np.ndarray, params: dict
         raise StageError(f"{MODEL_FILE} predicts NaN for {bad} of {len(outputs)} "
                          f"{what} (did training diverge?): check metrics/train and retrain")
     return outputs
+
+
+class Scored(NamedTuple):
+    """What evaluate scores: a probability per class and image; for a calibrated model, the
+    cross-fit they come from and the seconds it took (None otherwise)."""
+
+    probabilities: np.ndarray
+    cross_fit: CrossFit | None = None
+    cross_fit_seconds: float | None = None
+
+
+def validation_probabilities(part: Any, rows: np.ndarray, labels: np.ndarray,
+                             params: dict[str, Any], calibrated: bool, mirrored: bool
+                             ) -> Scored:
+    """The validation images' class probabilities as evaluate scores them, from `part` (the
+    model above its frozen part; a calibrated model's up to its logits) on those `rows` of
+    the features: cross-fitted where `calibrated` (finetune.evaluation.calibration), each
+    averaged with its mirror image's where `mirrored` (`tta: flip`)."""
+    outputs = validation_outputs(part, TRAIN_FEATURES, rows, params, "validation images")
+    flipped = validation_outputs(part, MIRRORED_TRAIN_FEATURES, rows, params,
+                                 "mirrored validation images") if mirrored else None
+    if calibrated:
+        started = time.perf_counter()
+        fit = cross_fitted(outputs, labels, params["seed"], flipped)
+        return Scored(fit.probabilities, fit, time.perf_counter() - started)
+    if flipped is None:
+        return Scored(class_probabilities(outputs))
+    return Scored(mirror_average(class_probabilities(outputs), class_probabilities(flipped)))
 
 
 def write_predictions(destination: Path, paths: list[str], labels: np.ndarray,
