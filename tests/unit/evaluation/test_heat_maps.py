@@ -23,7 +23,6 @@ from finetune.evaluation.heat_maps import grad_cam, head_input, overlay
 from finetune.evaluation.mistakes import mistakes_figure, most_confident_mistakes
 from finetune.model.assembly import build_model, with_temperature
 from tests.support.networks import SIZE, mobilenet_params
-from tests.support.weights import write_legacy_weights
 
 HALF = SIZE // 2
 QUADRANTS = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0),
@@ -53,23 +52,13 @@ def quadrant_means(heat_map: np.ndarray) -> dict[tuple[int, int], float]:
             for row, column in QUADRANTS.values()}
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    keras.utils.set_random_seed(7)
-    backbone = keras.applications.MobileNet(input_shape=(SIZE, SIZE, 3), alpha=0.25,
-                                            include_top=False, weights=None)
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.h5"
-    write_legacy_weights(backbone, path)
-    return path
-
-
-def probe_model(weights_file: Path, classes: list[str], head: str = "gap") -> keras.Model:
+def probe_model(random_mobilenet_file: Path, classes: list[str], head: str = "gap") -> keras.Model:
     """The model whose score for "dog" (the last class) is the patch's evidence (see the
     module docstring); with three classes, "bird"'s is its negation, "cat"'s 0."""
     params = mobilenet_params(cut_layer="conv_pw_5_relu", unfreeze_after="conv_pw_4_relu",
                               dense_units=0, head=head)
     keras.utils.set_random_seed(0)
-    model = build_model(params, weights_file, fine_tune=False, classes=classes)
+    model = build_model(params, random_mobilenet_file, fine_tune=False, classes=classes)
     features = np.asarray(head_input(model, np.stack([patch_photo(1, 1),
                                                       np.full((SIZE, SIZE, 3), 128.0)])))
     patch, plain = features.mean(axis=(1, 2))
@@ -86,13 +75,13 @@ def probe_model(weights_file: Path, classes: list[str], head: str = "gap") -> ke
 
 
 @pytest.fixture(scope="module")
-def sigmoid_model(weights_file: Path) -> keras.Model:
-    return probe_model(weights_file, ["cat", "dog"])
+def sigmoid_model(random_mobilenet_file: Path) -> keras.Model:
+    return probe_model(random_mobilenet_file, ["cat", "dog"])
 
 
 @pytest.fixture(scope="module")
-def softmax_model(weights_file: Path) -> keras.Model:
-    return probe_model(weights_file, ["bird", "cat", "dog"], head="flatten")
+def softmax_model(random_mobilenet_file: Path) -> keras.Model:
+    return probe_model(random_mobilenet_file, ["bird", "cat", "dog"], head="flatten")
 
 
 @pytest.mark.parametrize("model_name", ["sigmoid_model", "softmax_model"])

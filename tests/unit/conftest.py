@@ -1,4 +1,4 @@
-"""Fixtures of the finetune.model tests."""
+"""Fixtures shared by the unit tests (finetune.model, finetune.evaluation)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.support.networks import SIZE
 from tests.support.weights import write_legacy_weights
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def random_mobilenet_file(tmp_path_factory) -> Path:
     """MobileNet alpha 0.25 weights, random but distinct from a fresh init, in the legacy layout."""
     keras.utils.set_random_seed(7)
