@@ -59,9 +59,9 @@ UPSTREAM = (
      "_repro_commit"),
     ("Studio's live metrics: params read (no Studio set up)", "dvc/repo/params/show.py",
      "show"),
-    ("YAML parsed, in all of the above (safe loader)", "dvc/utils/serialize/_yaml.py",
+    ("YAML parsed, in all of the above (either loader)", "dvc/utils/serialize/_yaml.py",
      "parse_yaml"),
-    ("YAML parsed, in all of the above (round-trip)", "dvc/utils/serialize/_yaml.py",
+    ("  of it round-trip (for the rewrites)", "dvc/utils/serialize/_yaml.py",
      "parse_yaml_for_update"),
 )
 
@@ -129,6 +129,8 @@ def main() -> None:
                         help="time `dvc repro` after setting lr, instead of `dvc exp run -S`")
     parser.add_argument("--setup", type=Path, metavar="LAYOUT",
                         help="first make PROJECT, reading this layout (see above)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the profiled run (to interleave two projects' repeats)")
     args = parser.parse_args()
     project = args.project.resolve()
     if args.setup is not None:
@@ -142,6 +144,8 @@ def main() -> None:
         print(f"{what} in {project}, {args.repeats} repeats: median [min-max]")
         print(f"  wall time            {ranged(spread([m.wall_s for m in timed]), 2):>22} s")
         print(f"  DVC's own time       {ranged(spread(own), 2):>22} s", flush=True)
+        if args.no_profile:
+            return
         profile = logs / "dvc.prof"
         profiled = run(project, args.lr * (args.repeats + 1), args.repro,
                        logs / "profiled.log", profile)

@@ -26,14 +26,11 @@ from finetune.core.paths import (
     MISTAKES_GRID,
     MODEL_FILE,
     PREDICTIONS_FILE,
-    TRAIN_DIR,
-    TRAIN_MANIFEST,
 )
 from finetune.core.runner import run_main
 from finetune.core.runtime import configure
-from finetune.dataset.manifest import check_manifest
+from finetune.dataset.manifest import open_train_images, read_manifest
 from finetune.dataset.split import (
-    list_samples,
     paths_of,
     split_samples,
     train_only_classes,
@@ -51,31 +48,33 @@ def main() -> None:
     params = load_params()
     from dvclive import Live
 
-    index = read_index(params, manifest=TRAIN_MANIFEST)
+    images = read_manifest()
+    index = read_index(params, images=images)
     mirrored = read_mirrored_index(params, index) is not None  # tta: flip
-    # The mistakes grid shows photos of data/train: the ones the features were made of.
-    check_manifest(TRAIN_DIR, list_samples(TRAIN_DIR), TRAIN_MANIFEST)
     classes = index["classes"]
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     _, val_files = split_samples(index["train"], classes, params["val_split"], params["seed"])
     train_only = train_only_classes(index["train"], classes, params["val_split"])
-    configure(params)
-    model = load_model(MODEL_FILE)
-    check_model_classes(model, MODEL_FILE, classes)
-    labels = np.array([label for _, label in val_files])
-    temperature = model_temperature(model)
-    # A calibrated model is scored cross-fitted, from its logits (finetune.evaluation.calibration).
-    part = trained_part(model) if temperature is None else logits_part(model)
-    probabilities, calibrated, seconds = validation_probabilities(
-        part, np.array([row_of[path] for path, _ in val_files]), labels, params,
-        temperature is not None, mirrored)
+    # The mistakes grid shows the photos the features were made of: train.zip's, checked
+    # against the manifest before the model loads.
+    with open_train_images(images) as read_photo:
+        configure(params)
+        model = load_model(MODEL_FILE)
+        check_model_classes(model, MODEL_FILE, classes)
+        labels = np.array([label for _, label in val_files])
+        temperature = model_temperature(model)
+        # A calibrated model is scored cross-fitted, from its logits
+        # (finetune.evaluation.calibration).
+        part = trained_part(model) if temperature is None else logits_part(model)
+        probabilities, calibrated, seconds = validation_probabilities(
+            part, np.array([row_of[path] for path, _ in val_files]), labels, params,
+            temperature is not None, mirrored)
 
-    with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
-        photos = [str(TRAIN_DIR / path) for path in paths_of(val_files)]
-        live.log_image(MISTAKES_GRID.name,
-                       mistakes_grid(model, photos, labels, probabilities, classes))
-        summary = headline(live.summary)
+        with Live(str(EVALUATE_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+            log_scores(live, labels, probabilities, classes, train_only, calibrated, temperature)
+            live.log_image(MISTAKES_GRID.name, mistakes_grid(
+                model, read_photo, paths_of(val_files), labels, probabilities, classes))
+            summary = headline(live.summary)
     write_predictions(PREDICTIONS_FILE, paths_of(val_files), labels, probabilities, classes)
     print(f"evaluate: {len(labels)} validation images of {len(classes)} classes: {summary}"
           + ("" if calibrated is None else f", calibrated (temperature {temperature:.6g}), "

@@ -6,8 +6,9 @@ keeps the backbone, its weights, the image size, the preprocessing and `unfreeze
 the only params of this stage. `dvc exp run -S lr=...` reuses it; train, evaluate and
 submit run only the layers above it.
 
-Writes data/features/: train.npy (a float16 row per image of data/train, in the order of
-index.json, which names them relative to data/train), test.npy where the data set has a
+Writes data/features/: train.npy (a float16 row per training image, read from
+data/raw/train.zip as data/train.json lists them, in the order of index.json, which names
+them), test.npy where the data set has a
 test set (a row per id of sample_submission.csv; zeros for an unreadable test image,
 listed in index.json) and index.json (finetune.features.store). With `cluster` set, the
 same bytes are computed on a Dask cluster (finetune.features.dask_runner). The work is

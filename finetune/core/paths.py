@@ -23,11 +23,9 @@ DOWNLOAD_DIR = Path("data/.kaggle-download")  # scratch: the kaggle client resum
 # not a DVC output, and git-ignored.
 URL_DOWNLOAD_DIR = Path("data/.url-download")
 
-# split_classes
-TRAIN_DIR = Path("data/train")
-# What TRAIN_DIR holds (classes; each image's path, size and CRC-32): the stages that read
-# the images depend on this small file, not on the folder, which DVC would hash again for
-# each of them on every `dvc repro` (seconds for tens of thousands of files).
+# split_classes: TRAIN_ZIP's readable labelled images (classes; each image's name, size,
+# CRC-32 and entry). The stages read the images from the archive through it: no folder of
+# tens of thousands of files for DVC to hash, check out, push and pull on every command.
 TRAIN_MANIFEST = Path("data/train.json")
 DATA_REPORT = Path("metrics/data.json")
 
@@ -36,7 +34,7 @@ WEIGHTS_FILE = Path("models/backbone_notop.h5")
 
 # features
 FEATURES_DIR = Path("data/features")
-TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_DIR
+TRAIN_FEATURES = FEATURES_DIR / "train.npy"  # one row per image of TRAIN_MANIFEST
 TEST_FEATURES = FEATURES_DIR / "test.npy"  # one row per id of SAMPLE_SUBMISSION, if any
 FEATURES_INDEX = FEATURES_DIR / "index.json"
 

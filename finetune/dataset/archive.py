@@ -1,15 +1,15 @@
-"""Reading train.zip safely: entries that would land outside the target folder, links and
-zip bombs are refused before anything is extracted; a damaged entry refuses the archive."""
+"""Reading train.zip safely: entries whose names climb out of the archive's folder, links
+and zip bombs are refused before any image is read; a damaged entry refuses the archive."""
 
 from __future__ import annotations
 
 import re
 import stat
 import zipfile
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from finetune.core.errors import StageError
-from finetune.core.paths import TRAIN_DIR, TRAIN_ZIP
+from finetune.core.paths import TRAIN_ZIP
 from finetune.dataset.image_files import READ_ERRORS
 
 # JPEGs barely compress: an archive, or an entry, that claims to expand more than this
@@ -26,14 +26,15 @@ def entry_name(info: zipfile.ZipInfo) -> PurePosixPath:
 
 
 def safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """The archive's files, refusing any entry that could land outside the target folder."""
+    """The archive's files, refusing any entry whose name is absolute or climbs out of the
+    archive's folder (`..`): image names become paths wherever the images are unpacked."""
     members = []
     for info in archive.infolist():
         path = entry_name(info)
         is_link = stat.S_ISLNK(info.external_attr >> 16)
         if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", info.filename):
-            raise StageError(f"{TRAIN_ZIP}: entry '{info.filename}' would be written outside "
-                             f"{TRAIN_DIR}; refusing this archive, fetch it again")
+            raise StageError(f"{TRAIN_ZIP}: entry '{info.filename}' points outside the "
+                             "archive's folder; refusing this archive, fetch it again")
         if is_link:
             raise StageError(f"{TRAIN_ZIP}: entry '{info.filename}' is a symbolic link; "
                              "refusing this archive, fetch it again")
@@ -64,13 +65,13 @@ def read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
                          f"{REFETCH}") from None
 
 
-def open_train_archive() -> zipfile.ZipFile:
+def open_train_archive(path: Path = TRAIN_ZIP) -> zipfile.ZipFile:
     try:
-        return zipfile.ZipFile(TRAIN_ZIP)
+        return zipfile.ZipFile(path)
     except FileNotFoundError:
-        raise StageError(f"{TRAIN_ZIP} not found: run `dvc repro fetch_data` first") from None
+        raise StageError(f"{path} not found: run `dvc repro fetch_data` first") from None
     except (zipfile.BadZipFile, EOFError, ValueError):
-        raise StageError(f"{TRAIN_ZIP} is not a zip archive (truncated download?): "
+        raise StageError(f"{path} is not a zip archive (truncated download?): "
                          f"{REFETCH}") from None
     except OSError as error:
-        raise StageError(f"cannot read {TRAIN_ZIP}: {error}") from None
+        raise StageError(f"cannot read {path}: {error}") from None

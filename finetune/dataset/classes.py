@@ -26,7 +26,7 @@ CLASS_IN_NAME = re.compile(r"^([^.]+)\.[^/]*\.[^./]+$")
 
 @dataclass(frozen=True)
 class LabelledEntry:
-    """An image entry of the archive, and where it goes: data/train/<label>/<name>."""
+    """An image entry of the archive, its class, and its path in its class folder."""
 
     info: zipfile.ZipInfo
     label: str
@@ -34,12 +34,13 @@ class LabelledEntry:
 
     @property
     def listed_as(self) -> str:
-        """How metrics/data.json names it: its path in data/train."""
+        """The image's name everywhere (data/train.json, the features, the split,
+        metrics/data.json, predictions.csv): <class>/<path in its class folder>."""
         return f"{self.label}/{self.name}"
 
 
 def check_class_names(labels: set[str]) -> None:
-    """Class names become folder names, metric keys and predict's output columns."""
+    """Class names become parts of image names, metric keys and predict's output columns."""
     for label in labels:
         if any(ord(character) < 32 for character in label):
             raise StageError(f"{TRAIN_ZIP}: class {label!r} has a control character in its "
@@ -86,8 +87,8 @@ def classify(members: list[zipfile.ZipInfo]) -> tuple[list[LabelledEntry], int]:
                 images.append(LabelledEntry(info, path.parts[depth],
                                             "/".join(path.parts[depth + 1:])))
     check_class_names({image.label for image in images})
-    # Two entries with one destination (on a case-insensitive file system too) would
-    # overwrite each other.
+    # Two entries with one name (on a case-insensitive file system too) would be one
+    # image to the stages, and one file wherever the images are unpacked.
     seen: dict[str, str] = {}
     for image in images:
         first = seen.setdefault(image.listed_as.casefold(), image.info.filename)

@@ -1,41 +1,20 @@
-"""The labelled images of data/train: their classes, and which train and which validate.
+"""Which labelled images train and which validate.
 
-The classes are the sub-folders of data/train (split_classes writes one per
-class), sorted: label i is the i-th name. For Kaggle's competition that is
-("cat", "dog"), so dog is label 1 and a two-class model's sigmoid is P(dog).
+The classes are those data/train.json lists (finetune.dataset.manifest), sorted: label i
+is the i-th name. For Kaggle's competition that is ("cat", "dog"), so dog is label 1 and
+a two-class model's sigmoid is P(dog).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
 from finetune.core.errors import StageError
 
-Sample = tuple[str, int]  # (image path, label: index in the sorted class names)
-
-
-def class_names(train_dir: Path) -> list[str]:
-    """The class folders of `train_dir`, sorted: label i is the i-th name."""
-    if not train_dir.is_dir():
-        raise StageError(f"{train_dir} not found: run `dvc repro split_classes` first")
-    names = sorted(path.name for path in train_dir.iterdir() if path.is_dir())
-    if len(names) < 2:
-        raise StageError(f"{train_dir} holds {len(names)} class folder(s), a classifier needs "
-                         "two or more: run `dvc repro -f split_classes`")
-    return names
-
-
-def list_samples(train_dir: Path) -> list[Sample]:
-    """Every image of the class folders (sub-folders included), class by class, sorted by path."""
-    samples: list[Sample] = []
-    for label, name in enumerate(class_names(train_dir)):
-        samples += [(path, label) for path in
-                    sorted(str(path) for path in (train_dir / name).rglob("*") if path.is_file())]
-    return samples
+Sample = tuple[str, int]  # (image name: <class>/<path>, label: index in the sorted class names)
 
 
 def held_out_count(images: int, val_split: float) -> int:
@@ -67,15 +46,15 @@ def split_samples(samples: list[Sample], classes: list[str], val_split: float, s
     """Split the samples into train and validation, the same way every time.
 
     The split is stratified (each class loses the same fraction to validation, see
-    held_out_count) and depends only on the paths, `val_split` and `seed`, so train and
-    evaluate see the same validation images, whether they read the class folders or the
+    held_out_count) and depends only on the names, `val_split` and `seed`, so train and
+    evaluate see the same validation images, whether they read the pixels or the
     features. Scores need validation images of two classes at least.
     """
     rng = random.Random(seed)
     train: list[Sample] = []
     validation: list[Sample] = []
     for label, name in enumerate(classes):
-        files = sorted(path for path, sample_label in samples if sample_label == label)
+        files = sorted(name for name, sample_label in samples if sample_label == label)
         if not files:
             raise StageError(f"class {name} has no images: add some, or remove its folder "
                              "and run `dvc repro -f split_classes`")
@@ -91,11 +70,6 @@ def split_samples(samples: list[Sample], classes: list[str], val_split: float, s
                          "val_split or add images")
     rng.shuffle(train)
     return train, validation
-
-
-def split_files(train_dir: Path, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Split the class folders of `train_dir` (see split_samples)."""
-    return split_samples(list_samples(train_dir), class_names(train_dir), val_split, seed)
 
 
 def paths_of(samples: list[Sample]) -> list[str]:

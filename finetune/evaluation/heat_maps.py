@@ -108,27 +108,31 @@ def class_scores(logits: Any, explained: np.ndarray) -> Any:
     return tf.gather(logits, explained, axis=1, batch_dims=1)
 
 
-def file_heat_maps(model: Any, files: list[str], explained: np.ndarray) -> np.ndarray:
-    """grad_cam's maps of image files, decoded as every stage decodes them (decode_pixels)
-    at the model's image size."""
+def photo_heat_maps(model: Any, photos: list[bytes], names: list[str], explained: np.ndarray
+                    ) -> np.ndarray:
+    """grad_cam's maps of encoded photos (named `names` in errors), decoded as every stage
+    decodes them (decode_pixels) at the model's image size."""
     from finetune.dataset.decode import decode_pixels
 
     size = int(model.input_shape[1])
     images = []
-    for file in files:
-        pixels = decode_pixels(Path(file).read_bytes(), size)
+    for photo, name in zip(photos, names, strict=True):
+        pixels = decode_pixels(photo, size)
         if isinstance(pixels, str):
-            raise StageError(f"{file}: {pixels}: run `dvc repro split_classes`")
+            raise StageError(f"{name}: {pixels}: run `dvc repro -f split_classes`")
         images.append(pixels)
     return grad_cam(model, np.stack(images) if images else np.zeros((0, size, size, 3)),
                     explained)[0]
 
 
-def read_photo(file: str | Path) -> np.ndarray:
-    """A photo as uint8 RGB pixels at its own size (grayscale and palette images too)."""
+def read_photo(photo: bytes | str | Path) -> np.ndarray:
+    """A photo (its encoded bytes, or its file) as uint8 RGB pixels at its own size
+    (grayscale and palette images too)."""
+    import io
+
     from PIL import Image
 
-    with Image.open(file) as image:
+    with Image.open(io.BytesIO(photo) if isinstance(photo, bytes) else photo) as image:
         return np.asarray(image.convert("RGB"))
 
 

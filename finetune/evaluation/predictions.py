@@ -2,7 +2,8 @@
 (of the images, or of their mirror images), and one CSV row each: what the scores were
 computed from, for a person to read (which photos, which mistakes) and a test to recompute.
 
-Columns: `path` (under data/train), `label` and `predicted` (class names), then the
+Columns: `path` (the image's name, <class>/<path in its class folder>: data/train.json
+gives its entry in data/raw/train.zip), `label` and `predicted` (class names), then the
 probability of each class, `P(<class>)`, written in full (Python's shortest repr of the
 float), so that they read back exactly.
 """

@@ -17,14 +17,7 @@ import numpy as np
 
 from finetune.core.atomic import atomic_output, remove
 from finetune.core.errors import StageError
-from finetune.core.paths import (
-    FEATURES_INDEX,
-    TEST_FEATURES,
-    TRAIN_DIR,
-    TRAIN_FEATURES,
-    TRAIN_MANIFEST,
-    WEIGHTS_FILE,
-)
+from finetune.core.paths import FEATURES_INDEX, TEST_FEATURES, TRAIN_FEATURES, WEIGHTS_FILE
 from finetune.core.progress import Progress
 from finetune.core.runtime import configure
 from finetune.dataset.competition import (
@@ -33,8 +26,8 @@ from finetune.dataset.competition import (
     open_test_archive,
     read_sample_ids,
 )
-from finetune.dataset.manifest import check_manifest
-from finetune.dataset.split import Sample, class_names, list_samples
+from finetune.dataset.manifest import open_train_images, read_manifest
+from finetune.dataset.split import Sample
 from finetune.features.store import FeatureFile, FeatureWriter, weights_fingerprint, write_index
 
 # Images per forward pass. Fixed, not `batch_size`: it does not change the activations,
@@ -90,11 +83,12 @@ def extraction(params: dict[str, Any], mirror: bool = False
     yield tuple(int(n) for n in extractor.output_shape[1:]), functools.partial(extract, extractor)
 
 
-def extract_training_images(extract_rows: Extract, samples: list[Sample], destination: Path,
-                            stage: str = "features") -> None:
-    """The rows of data/train's images, in the order of `samples`; every one must decode
-    (split_classes kept only images that do)."""
-    failed = extract_rows(lambda i: Path(samples[i][0]).read_bytes(), len(samples),
+def extract_training_images(extract_rows: Extract, read: Callable[[str], bytes],
+                            samples: list[Sample], destination: Path, stage: str = "features"
+                            ) -> None:
+    """The rows of the training images (`read(name)`: an image's bytes), in the order of
+    `samples`; every one must decode (split_classes listed only images that do)."""
+    failed = extract_rows(lambda i: read(samples[i][0]), len(samples),
                           destination, f"{stage}: training images")
     if failed:
         index, reason = next(iter(failed.items()))
@@ -118,22 +112,24 @@ def extract_test_images(extract_rows: Extract, archive: zipfile.ZipFile,
 def write_features(params: dict[str, Any], folder: Path, stage: str, mirror: bool = False
                    ) -> None:
     """Write `folder` (the files of FEATURES_DIR: TRAIN_FEATURES', TEST_FEATURES' where the
-    data set has a test set, FEATURES_INDEX's) with the rows of data/train's images and of
+    data set has a test set, FEATURES_INDEX's) with the rows of the training images and of
     the test set's, each mirrored left-right first where `mirror` (its index then records
     `tta: flip`). `stage` names the stage in what it prints."""
     remove(folder)  # a failed run must not leave another configuration's features
-    classes, samples = class_names(TRAIN_DIR), list_samples(TRAIN_DIR)
-    check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
-    # The split too (unfreeze_after inside a block that cut_layer needs whole): train would
-    # refuse it, after this stage's hours. TensorFlow starts here, after the quick checks.
-    from finetune.model.backbone import check_architecture
-
-    configure(params)  # before the check's first op: TensorFlow's thread pools are fixed then
-    check_architecture(params)
+    images = read_manifest()
+    classes, samples = images.classes, images.samples
     test_set = has_test_set()
     ids = read_sample_ids() if test_set else []
-    with open_test_archive() if test_set else contextlib.nullcontext() as archive:
+    with open_train_images(images) as read_training_image, \
+            open_test_archive() if test_set else contextlib.nullcontext() as archive:
         infos = images_for_ids(archive, ids) if test_set else []
+        # The split too (unfreeze_after inside a block that cut_layer needs whole): train
+        # would refuse it, after this stage's hours. TensorFlow starts here, after the
+        # quick checks (the archives against the manifest and the ids).
+        from finetune.model.backbone import check_architecture
+
+        configure(params)  # before the check's first op: TF's thread pools are fixed then
+        check_architecture(params)
         with extraction(params, mirror) as (shape, extract_rows), \
                 atomic_output(folder) as staging:
             weights = weights_fingerprint(WEIGHTS_FILE)  # as loaded: train and read_index check it
@@ -141,18 +137,16 @@ def write_features(params: dict[str, Any], folder: Path, stage: str, mirror: boo
                   f"{params['image_size']} px{', mirrored' if mirror else ''}: "
                   f"{np.prod(shape):,} values per image {shape}", file=sys.stderr)
             staging.mkdir()
-            extract_training_images(extract_rows, samples, staging / TRAIN_FEATURES.name, stage)
+            extract_training_images(extract_rows, read_training_image, samples,
+                                    staging / TRAIN_FEATURES.name, stage)
             unreadable = extract_test_images(extract_rows, archive, infos, ids,
                                              staging / TEST_FEATURES.name, stage
                                              ) if test_set else {}
-            # Paths relative to data/train: the features do not care where the folder is.
-            names = [(Path(path).relative_to(TRAIN_DIR).as_posix(), label)
-                     for path, label in samples]
             # float16, unless a file had to be float32 (activations beyond float16's range).
             dtypes = [FeatureFile(staging / name).dtype
                       for name in (TRAIN_FEATURES.name, TEST_FEATURES.name)
                       if (staging / name).exists()]
-            write_index(staging / FEATURES_INDEX.name, params, shape, classes, names, ids,
+            write_index(staging / FEATURES_INDEX.name, params, shape, classes, samples, ids,
                         unreadable, weights, max(dtypes, key=lambda dtype: dtype.itemsize),
                         tta="flip" if mirror else None)
     test = f"{len(ids):,} test images" if test_set else "no test set"

@@ -29,7 +29,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from finetune.core.errors import StageError
 from finetune.core.paths import FEATURES_INDEX, MIRRORED_FEATURES_INDEX
 from finetune.core.progress import Progress
 from finetune.dataset.split import Sample
+
+if TYPE_CHECKING:  # a type hint only: submit reads no manifest
+    from finetune.dataset.manifest import TrainImages
 
 DTYPE = np.dtype("float16")
 WIDE = np.dtype("float32")  # for a file with activations beyond float16's range
@@ -198,10 +201,10 @@ def write_index(path: Path, params: dict[str, Any], shape: tuple[int, ...], clas
 
 
 def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX, *,
-               manifest: Path | None = None, weights: Path | None = None,
+               images: TrainImages | None = None, weights: Path | None = None,
                stage: str = "features") -> dict[str, Any]:
     """The features' index, checked against the params they must have been made with, and,
-    where given, the images `manifest` (data/train.json) lists and the `weights` file: a
+    where given, the `images` data/train.json lists (read_manifest's) and the `weights` file: a
     stage checks what it depends on in dvc.yaml. `stage` wrote `path` (the hints name it)."""
     try:
         index = json.loads(path.read_text())
@@ -217,8 +220,8 @@ def read_index(params: dict[str, Any], path: Path = FEATURES_INDEX, *,
     if "classes" not in index or "weights" not in index:
         raise StageError(f"{path} was made by an older version: run `dvc repro -f {stage}`")
     index["train"] = [(str(path), int(label)) for path, label in index["train"]]
-    if manifest is not None:
-        check_images(index, manifest)
+    if images is not None:
+        check_images(index, images)
     if weights is not None:
         check_weights(index["weights"], weights)
     return index
@@ -262,25 +265,16 @@ def read_mirrored_index(params: dict[str, Any], index: dict[str, Any],
     return mirrored
 
 
-def check_images(index: dict[str, Any], manifest: Path) -> None:
-    """Refuse features of other images, or other classes, than `manifest` lists."""
-    try:
-        listed = json.loads(manifest.read_text())
-        classes, images = listed["classes"], listed["images"]
-        expected = sorted((f"{label}/{name}", number) for number, label in enumerate(classes)
-                          for name, *_ in images[label])
-    except FileNotFoundError:
-        raise StageError(f"{manifest} not found: run `dvc repro split_classes`") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise StageError(f"cannot read {manifest} ({error}): run `dvc repro -f split_classes`"
-                         ) from None
-    if index["classes"] != classes:
-        raise StageError(f"the features are of the classes {index['classes']}, {manifest} "
-                         f"lists {classes}: run `dvc repro features`")
-    found = sorted(index["train"])
+def check_images(index: dict[str, Any], images: TrainImages) -> None:
+    """Refuse features of other images, or other classes, than data/train.json lists
+    (`images`, read_manifest's)."""
+    if index["classes"] != images.classes:
+        raise StageError(f"the features are of the classes {index['classes']}, {images.path} "
+                         f"lists {images.classes}: run `dvc repro features`")
+    found, expected = sorted(index["train"]), sorted(images.samples)
     if found != expected:
         odd = sorted(set(found) ^ set(expected))
-        raise StageError(f"the features are of other images than {manifest} lists (first "
+        raise StageError(f"the features are of other images than {images.path} lists (first "
                          f"difference: {odd[0][0] if odd else 'a repeated image'}): "
                          "run `dvc repro features`")
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from finetune.core.paths import TRAIN_DIR, TRAIN_FEATURES, TRAIN_MANIFEST, WEIGHTS_FILE
+from finetune.core.paths import TRAIN_FEATURES, WEIGHTS_FILE
 from finetune.dataset.decode import load_images
-from finetune.dataset.manifest import check_manifest
+from finetune.dataset.manifest import open_train_images, read_manifest
 from finetune.dataset.split import (
     Sample,
-    class_names,
     labels_of,
-    list_samples,
     paths_of,
     split_samples,
     train_only_classes,
@@ -37,7 +34,7 @@ class TrainingData:
     identity: list  # for the backup's fingerprint
     on_features: bool  # inputs are frozen_base's activations, not pixels
     classes: list[str]  # label i is classes[i]
-    validation_paths: list[str]  # the images held out, under TRAIN_DIR, in validation's order
+    validation_paths: list[str]  # the names of the images held out, in validation's order
 
 
 def split(samples: list[Sample], classes: list[str], params: dict[str, Any]
@@ -51,7 +48,7 @@ def split(samples: list[Sample], classes: list[str], params: dict[str, Any]
 
 def feature_data(params: dict[str, Any]) -> TrainingData:
     """The cached activations of the frozen part, read from disk batch by batch."""
-    index = read_index(params, manifest=TRAIN_MANIFEST, weights=WEIGHTS_FILE)
+    index = read_index(params, images=read_manifest(), weights=WEIGHTS_FILE)
     row_of = {path: row for row, (path, _) in enumerate(index["train"])}
     train_files, val_files = split(index["train"], index["classes"], params)
     features = FeatureFile(TRAIN_FEATURES)
@@ -70,18 +67,19 @@ def feature_data(params: dict[str, Any]) -> TrainingData:
 
 def pixel_data(params: dict[str, Any]) -> TrainingData:
     """Every image decoded once into memory, for the whole model to train on."""
-    samples, classes = list_samples(TRAIN_DIR), class_names(TRAIN_DIR)
-    check_manifest(TRAIN_DIR, samples, TRAIN_MANIFEST)
-    train_files, val_files = split(samples, classes, params)
+    images = read_manifest()
+    train_files, val_files = split(images.samples, images.classes, params)
     size = params["image_size"]
-    train_images = load_images(paths_of(train_files), size, "train: decoding training images")
-    val_images = load_images(paths_of(val_files), size, "train: decoding validation images")
+    with open_train_images(images) as read:
+        train_images = load_images(read, paths_of(train_files), size,
+                                   "train: decoding training images")
+        val_images = load_images(read, paths_of(val_files), size,
+                                 "train: decoding validation images")
     return TrainingData(
         train=EpochBatches(train_images, np.arange(len(train_images)), labels_of(train_files),
                            params["batch_size"], params["seed"]),
         validation=Batches(val_images, np.arange(len(val_images)), labels_of(val_files),
                            params["batch_size"]),
-        identity=[[path, Path(path).stat().st_size] for path, _ in train_files],
-        on_features=False, classes=classes,
-        validation_paths=[Path(path).relative_to(TRAIN_DIR).as_posix()
-                          for path in paths_of(val_files)])
+        identity=[[name, images.listed[name].size, images.listed[name].crc]
+                  for name, _ in train_files],
+        on_features=False, classes=images.classes, validation_paths=paths_of(val_files))

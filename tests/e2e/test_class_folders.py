@@ -18,10 +18,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from finetune.dataset.manifest import read_manifest
 from scripts.demo import SUMMARY
 from tests.support.commands import charts, dvc, ran_stages
 from tests.support.photos import DRAWN_CLASSES, DRAWN_PER_CLASS
+from tests.support.projects import train_images
 from tests.support.scores import assert_evaluation_is_sound
 from tests.support.shared import ROOT
 
@@ -37,6 +40,11 @@ def pipeline(class_folder_run):
     """The session's class-folder run (tests/e2e/conftest.py): project, environment, and
     the first `dvc repro`'s output."""
     return class_folder_run.project, class_folder_run.env, class_folder_run
+
+
+def data_source(project: Path) -> Path:
+    """The folder of class folders `project` fetched its data from (data_source)."""
+    return Path(yaml.safe_load((project / "params.yaml").read_text())["data_source"])
 
 
 def test_repro_runs_every_stage_on_the_class_folders(pipeline):
@@ -56,10 +64,15 @@ def test_repro_runs_every_stage_on_the_class_folders(pipeline):
     report = json.loads((project / "metrics/data.json").read_text())
     assert report["classes"] == CLASSES
     assert report["images"] == dict.fromkeys(CLASSES, PER_CLASS)
-    assert sorted(path.relative_to(project / "data/train").as_posix()
-                  for path in (project / "data/train").rglob("*") if path.is_file()) == sorted(
-        f"{label}/{'2019/' if n % 4 == 0 else ''}{label}-{n}.jpg"
-        for label in CLASSES for n in range(PER_CLASS))
+    # Every image of the class folders listed by its path there (sub-folders kept, the
+    # files that are not images left out), and read back from train.zip as it was.
+    source = data_source(project)
+    expected = sorted(f"{label}/{'2019/' if n % 4 == 0 else ''}{label}-{n}.jpg"
+                      for label in CLASSES for n in range(PER_CLASS))
+    listed = read_manifest(project / "data/train.json")
+    assert sorted(name for name, _ in listed.samples) == expected
+    assert train_images(project) == {name: (source / name).read_bytes() for name in expected}
+    assert not (project / "data/train").exists()  # nothing extracted
 
 
 def test_the_model_is_a_softmax_over_the_classes_and_names_them(pipeline):
@@ -104,7 +117,8 @@ def test_predict_names_the_classes(pipeline):
     project, env, _ = pipeline
     command = shutil.which("predict", path=str(Path(sys.executable).parent))
     assert command, "no `predict` command beside this Python: run `make setup`"
-    result = subprocess.run([command, "--all", str(project / "data/train")], cwd=project,
+    # The data set's own folder: the training images as files, some nested, some not images.
+    result = subprocess.run([command, "--all", str(data_source(project))], cwd=project,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [line.split("\t") for line in result.stdout.splitlines()]

@@ -18,6 +18,7 @@ import uuid
 import pytest
 import yaml
 
+from finetune.dataset.manifest import read_manifest
 from scripts.demo import copy_project
 from tests.support.commands import charts, dvc, ran_stages, stage_env
 from tests.support.kaggle_server import KaggleServer, build_competition_bundle
@@ -29,7 +30,7 @@ from tests.support.weights import md5
 PLANTED_KEY = f"planted-{uuid.uuid4().hex}"
 OUTS = [
     "data/raw/train.zip", "data/raw/test.zip", "data/raw/sample_submission.csv",
-    "data/train/cat", "data/train/dog", "metrics/data.json",
+    "data/train.json", "metrics/data.json",
     "data/features/train.npy", "data/features/test.npy", "data/features/index.json",
     "data/mirrored_features/index.json",  # tta: none by default: the index alone
     "models/backbone_notop.h5", "models/model.keras",
@@ -73,7 +74,15 @@ def test_repro_builds_every_declared_output(pipeline):
         "evaluate", "submit", "export"]
     for out in OUTS:
         assert (project / out).exists(), f"{out} missing after dvc repro"
-    assert len(list((project / "data/train/cat").iterdir())) == 60
+    # Every training photo listed, by class; none extracted (the stages read train.zip).
+    listed = read_manifest(project / "data/train.json")
+    assert listed.classes == ["cat", "dog"]
+    assert sorted(listed.samples) == sorted((f"{label}/{label}.{n}.jpg", number)
+                                            for number, label in enumerate(["cat", "dog"])
+                                            for n in range(60))
+    assert json.loads((project / "metrics/data.json").read_text())["images"] == {
+        "cat": 60, "dog": 60}
+    assert not (project / "data/train").exists()
     evaluation = json.loads((project / "metrics/evaluate/metrics.json").read_text())
     assert evaluation["images"] == 24  # 20% of 60 per class
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["log_loss"] > 0

@@ -28,7 +28,8 @@ from tests.support.projects import (
     SMALL_NETWORK,
     extract_features,
     lay_out_project,
-    write_train_manifest,
+    train_images,
+    write_train_images,
 )
 from tests.support.shared import ROOT
 from tests.support.tf_config import tf_config
@@ -74,9 +75,9 @@ def prepared(tmp_path_factory, sample_dir, mobilenet_random_weights) -> Path:
     9 validation photos."""
     project = lay_out_project(tmp_path_factory.mktemp("multi-worker") / "prepared", sample_dir,
                               mobilenet_random_weights, PER_CLASS, **TRAINING)
-    for number in (21, 22):
-        (project / f"data/train/dog/dog.{number}.jpg").unlink()
-    write_train_manifest(project / "data/train")
+    dropped = {f"dog/dog.{number}.jpg" for number in (21, 22)}
+    write_train_images(project, {name: data for name, data in train_images(project).items()
+                                 if name not in dropped})
     extract_features(project)
     return project
 

@@ -19,12 +19,15 @@ JPEG_DISTANCE of its own photo's and nearer to it than to any other's.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +44,9 @@ from tests.support.projects import (
     SMALL_NETWORK,
     Extracted,
     lay_out_project,
+    train_images,
     write_params,
-    write_train_manifest,
+    write_train_images,
 )
 from tests.support.shared import ROOT
 
@@ -75,36 +79,44 @@ def extractor(extracted_features: Extracted):
     return build_feature_extractor(params, project / "models" / "backbone_notop.h5")
 
 
-def is_png(photo: Path) -> bool:
-    with Image.open(photo) as image:
+def is_png(photo: bytes) -> bool:
+    with Image.open(io.BytesIO(photo)) as image:
         return image.format == "PNG"
 
 
-def assert_rows_of(rows: np.ndarray, photos: list[Path], extractor) -> None:
-    """Row i is the frozen part's output for photos[i] (see the module docstring)."""
-    size = SMALL_NETWORK["image_size"]
+def pixels_of(photo: bytes) -> np.ndarray:
+    """Pillow's pixels of `photo` at SMALL_NETWORK's size (tests.support.photos)."""
+    return photo_pixels(io.BytesIO(photo), SMALL_NETWORK["image_size"])
+
+
+def assert_rows_of(rows: np.ndarray, photos: dict[str, bytes], extractor) -> None:
+    """Row i is the frozen part's output for the i-th of `photos` (name -> bytes; see the
+    module docstring)."""
     expected = np.asarray(extractor.predict_on_batch(
-        np.stack([photo_pixels(photo, size) for photo in photos])))
+        np.stack([pixels_of(photo) for photo in photos.values()])))
     assert rows.shape == expected.shape
     pngs = 0
-    for i, photo in enumerate(photos):
+    for i, (name, photo) in enumerate(photos.items()):
         if is_png(photo):
             pngs += 1
             np.testing.assert_allclose(rows[i], expected[i], rtol=FLOAT16_RTOL,
-                                       atol=FLOAT32_ATOL, err_msg=photo.name)
+                                       atol=FLOAT32_ATOL, err_msg=name)
         distances = [np.linalg.norm(rows[i] - other) / np.linalg.norm(other)
                      for other in expected]
         assert distances[i] < JPEG_DISTANCE and int(np.argmin(distances)) == i, (
-            photo.name, distances)
+            name, distances)
     assert pngs >= 2  # the tight check ran
 
 
 def test_training_rows_follow_the_index(extracted_features, extractor):
     project = extracted_features.project
     index = read_json_index(project)
-    # Every image of data/train once, class by class, sorted, named relative to data/train.
-    listed = [[f"{name}/{photo.name}", label] for label, name in enumerate(CLASSES)
-              for photo in sorted((project / "data" / "train" / name).iterdir())]
+    # Every image of train.zip once (its entries are named <class>/<file>, as images
+    # are), class by class, sorted.
+    with zipfile.ZipFile(project / "data" / "raw" / "train.zip") as archive:
+        entries = archive.namelist()
+    listed = [[entry, label] for label, name in enumerate(CLASSES)
+              for entry in sorted(e for e in entries if e.startswith(f"{name}/"))]
     assert len(listed) == 2 * EXTRACTED_PER_CLASS
     assert index["train"] == listed
     # SMALL_NETWORK's values, and params.yaml's for the keys it leaves alone (precision)
@@ -113,8 +125,9 @@ def test_training_rows_follow_the_index(extracted_features, extractor):
     assert index["dtype"] == "float16" and index["shape"] == [24, 24, 32]
     features = FeatureFile(features_dir(project) / "train.npy")
     assert len(features) == len(listed) and features.shape == (24, 24, 32)
-    photos = [project / "data" / "train" / name for name, _ in listed]
-    assert_rows_of(features[np.arange(len(features))], photos, extractor)
+    photos = train_images(project)
+    assert_rows_of(features[np.arange(len(features))],
+                   {name: photos[name] for name, _ in listed}, extractor)
 
 
 def test_test_rows_follow_the_sample(extracted_features, extractor):
@@ -136,7 +149,8 @@ def test_test_rows_follow_the_sample(extracted_features, extractor):
     assert not rows[ids.index(bad)].any()
     readable = [i for i, image_id in enumerate(ids) if image_id != bad]
     assert all(rows[i].any() for i in readable)
-    assert_rows_of(rows[readable], [extracted.photos[ids[i]] for i in readable], extractor)
+    assert_rows_of(rows[readable], {ids[i]: extracted.photos[ids[i]].read_bytes()
+                                    for i in readable}, extractor)
     # The stage succeeded, and says so with the count of unreadable images.
     last = extracted.result.stderr.strip().splitlines()[-1]
     assert last == (f"features: wrote data/features: {2 * EXTRACTED_PER_CLASS} training "
@@ -149,8 +163,7 @@ def test_the_extraction_batch_does_not_change_the_rows(tmp_path, extracted_featu
     # does not change an image's activations (BatchNormalization is in inference mode).
     from finetune.features import extract as extraction
 
-    photos = sorted((extracted_features.project / "data" / "train").rglob("*.jpg"))
-    read = [photo.read_bytes() for photo in photos]
+    read = list(train_images(extracted_features.project).values())
     written = {}
     for batch in (extraction.EXTRACT_BATCH, 3):
         monkeypatch.setattr(extraction, "EXTRACT_BATCH", batch)
@@ -207,12 +220,12 @@ def test_the_mirrored_extractor_is_the_extractor_of_the_mirrored_images(extracte
     mirrored = build_feature_extractor(load_params(project / "params.yaml"),
                                        project / "models" / "backbone_notop.h5", mirror=True)
     size = SMALL_NETWORK["image_size"]
-    photos = sorted((project / "data" / "train").rglob("*.jpg"))[:6]
+    photos = list(train_images(project).values())[:6]
     # And one image left and right of which differ for certain: dark left, bright right.
     lopsided = np.zeros((size, size, 3), dtype=np.float32)
     lopsided[:, size // 2:] = 255.0
     lopsided[size // 4:size // 2, :size // 4] = 128.0
-    pixels = np.stack([*(photo_pixels(photo, size) for photo in photos), lopsided])
+    pixels = np.stack([*(pixels_of(photo) for photo in photos), lopsided])
     rows = np.asarray(mirrored.predict_on_batch(pixels))
     of_flipped = np.asarray(extractor.predict_on_batch(pixels[:, :, ::-1]))
     scale = np.abs(of_flipped).max()
@@ -271,44 +284,61 @@ def test_submit_refuses_features_of_another_image_size(tmp_path, extracted_featu
 
 
 def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_weights):
-    """split_classes keeps only images that decode: one that does not is an error that
+    """split_classes lists only images that decode: one that does not is an error that
     names it, and nothing of data/features is left (a stale one from before included)."""
     project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
                               test_images=2, **SMALL_NETWORK)
-    bad = project / "data" / "train" / "dog" / "dog.1.jpg"
-    bad.write_bytes(bad.read_bytes()[:300])
-    # Listed as it is now: a changed size alone is refused before any decoding (the
-    # [edited] case below); here the decoder is what finds it.
-    write_train_manifest(project / "data" / "train")
+    images = train_images(project)
+    images["dog/dog.1.jpg"] = images["dog/dog.1.jpg"][:300]
+    # Listed as it is now: an entry of another size or CRC than listed is refused before
+    # any decoding (test_a_train_zip_unlike_its_listing_is_refused); here the decoder is
+    # what finds it.
+    write_train_images(project, images)
     stale = features_dir(project)
     stale.mkdir()
     (stale / "index.json").write_text("{}")
-    assert_stage_error(call_stage("features", project), "data/train/dog/dog.1.jpg",
-                       "split_classes")
-    assert sorted(path.name for path in (project / "data").iterdir()) == [
-        "raw", "train", "train.json"]
+    line = assert_stage_error(call_stage("features", project), "dvc repro -f split_classes")
+    assert line.startswith("error: dog/dog.1.jpg cannot be decoded ("), line
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train.json"]
 
 
-@pytest.mark.parametrize("change", ["added", "removed", "edited"])
-def test_class_folders_that_are_not_what_split_classes_wrote_are_refused(
-        tmp_path, sample_dir, mobilenet_random_weights, change):
-    # The stages that read data/train depend on data/train.json, not on the folder: a
-    # folder changed by hand behind DVC's back must not be read as if it were the one
-    # listed there.
+def rewrite_zip(path: Path, images: dict[str, bytes]) -> None:
+    """`path`, a zip archive, holding `images` (entry name -> bytes) and nothing else."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in images.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("change", ["removed", "edited", "same size"])
+def test_a_train_zip_unlike_its_listing_is_refused(tmp_path, sample_dir,
+                                                   mobilenet_random_weights, change):
+    # The stages that read the training images depend on data/train.json, not on
+    # train.zip: an archive changed behind DVC's back (fetched again, edited by hand) must
+    # not be read as if it were the one listed there. An image removed, or another image
+    # under the same entry name (another size; the same size and another CRC), is refused
+    # in one line before anything slow, naming the image and what to rerun.
     project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
                               test_images=2, **SMALL_NETWORK)
-    cat = project / "data" / "train" / "cat"
-    if change == "added":
-        (cat / "cat.99.jpg").write_bytes((cat / "cat.0.jpg").read_bytes())
-    elif change == "removed":
-        (cat / "cat.1.jpg").unlink()
-    else:  # still a readable JPEG of the same name, but not the one split_classes wrote
-        with (cat / "cat.1.jpg").open("ab") as photo:
-            photo.write(b"edited")
-    expected = {"added": "cat/cat.99.jpg", "removed": "cat/cat.1.jpg",
-                "edited": "cat/cat.1.jpg is "}[change]
-    assert_stage_error(call_stage("features", project), "data/train does not match "
-                       "data/train.json", expected, "dvc repro -f split_classes")
+    images = train_images(project)
+    listed = images["cat/cat.1.jpg"]
+    if change == "removed":
+        del images["cat/cat.1.jpg"]
+    elif change == "edited":  # still a readable JPEG of the same name, but longer
+        images["cat/cat.1.jpg"] = listed + b"edited"
+    else:  # one byte of the last scan changed: the same size, another CRC-32
+        edited = bytearray(listed)
+        edited[-10] ^= 0x01
+        images["cat/cat.1.jpg"] = bytes(edited)
+    rewrite_zip(project / "data" / "raw" / "train.zip", images)
+    what = "has no entry" if change == "removed" else (
+        f"has another entry ({len(images['cat/cat.1.jpg']):,} bytes, CRC "
+        f"{zlib.crc32(images['cat/cat.1.jpg']):08x}; data/train.json says {len(listed):,}, "
+        f"{zlib.crc32(listed):08x})")
+    line = assert_stage_error(call_stage("features", project))
+    assert line == (f"error: data/raw/train.zip {what} 'cat/cat.1.jpg' for cat/cat.1.jpg: "
+                    "data/raw/train.zip changed since split_classes; run "
+                    "`dvc repro -f split_classes`")
+    assert not features_dir(project).exists()
 
 
 # The features stage, stopped (and then killed) once its training rows are written, in
@@ -347,7 +377,7 @@ def test_a_killed_run_leaves_nothing_behind_its_rerun(tmp_path, sample_dir,
     result = call_stage("features", project)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(path.name for path in (project / "data").iterdir()) == [
-        "features", "raw", "train", "train.json"]
+        "features", "raw", "train.json"]
 
 
 def test_unfreeze_after_inside_a_block_fails_before_any_extraction(tmp_path, sample_dir,

@@ -42,7 +42,7 @@ from tests.support.kaggle_server import (
     proxy_env,
 )
 from tests.support.photos import PET_IMAGES_CLASSES, make_pet_images_zip
-from tests.support.projects import write_params
+from tests.support.projects import train_images, write_params
 from tests.support.servers import Mirror, closed_port
 from tests.support.shared import ROOT
 
@@ -482,11 +482,12 @@ def test_url_of_pet_images_gives_class_folders_cat_and_dog(
     assert report["images"] == dict.fromkeys(PET_IMAGES_CLASSES, PETS_PER_CLASS)
     assert (report["unreadable"], report["unlabelled"]) == (len(unreadable), 0)
     assert sorted(report["unreadable_files"]) == sorted(unreadable)
-    train = project / "data" / "train"
-    assert sorted(path.name for path in train.iterdir()) == list(PET_IMAGES_CLASSES)
-    for label in PET_IMAGES_CLASSES:  # no Thumbs.db, no empty or corrupt photo
-        assert sorted(path.name for path in (train / label).iterdir()) == sorted(
-            f"{number}.jpg" for number in range(PETS_PER_CLASS))
+    # data/train.json lists the photos of each class and nothing else (no Thumbs.db, no
+    # empty or corrupt photo), each read back from train.zip as it was served.
+    with zipfile.ZipFile(io.BytesIO(body)) as served_zip:
+        assert train_images(project) == {
+            f"{label}/{number}.jpg": served_zip.read(f"PetImages/{label}/{number}.jpg")
+            for label in PET_IMAGES_CLASSES for number in range(PETS_PER_CLASS)}
 
 
 def test_url_transfer_broken_off_is_resumed(project: Path,

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from finetune.dataset.archive import MAX_EXPANSION, SMALL_ENTRY
-from finetune.dataset.unpack import CHUNK
+from finetune.dataset.screening import CHUNK
 from tests.support.commands import assert_stage_error, call_stage, run_stage
-from tests.support.projects import write_params
+from tests.support.projects import train_images, write_params
 
 TRAIN_ZIP = "data/raw/train.zip"
 Entry = tuple[str | zipfile.ZipInfo, bytes]
@@ -61,13 +61,6 @@ def good_entries(photos: dict[str, bytes]) -> list[Entry]:
     return [(f"train/{name}", data) for name, data in photos.items()]
 
 
-def extracted(project: Path) -> dict[str, bytes]:
-    """"label/name" -> bytes of everything under data/train."""
-    root = project / "data" / "train"
-    return {path.relative_to(root).as_posix(): path.read_bytes()
-            for path in root.rglob("*") if path.is_file()}
-
-
 def report(project: Path) -> dict:
     return json.loads((project / "metrics" / "data.json").read_text())
 
@@ -76,7 +69,7 @@ def assert_refused(result: subprocess.CompletedProcess, project: Path, *hints: s
     """Exit 1, one `error:` line with every hint, no traceback, and no output at all."""
     last = assert_stage_error(result, *hints)
     assert sorted(path.name for path in (project / "data").iterdir()) == ["raw"], \
-        "no data/train, no data/train.json and no staging folder"
+        "no data/train.json and no staging folder: data/ holds only raw"
     assert not (project / "metrics" / "data.json").exists()
     return last
 
@@ -94,33 +87,45 @@ def test_good_archive(project: Path, photos: dict[str, bytes]) -> None:
     ], zipfile.ZIP_DEFLATED)
     result = split(project)
     assert result.returncode == 0, result.stderr
-    assert extracted(project) == {
+    assert train_images(project) == {
         f"{name.split('.')[0]}/{name}": data for name, data in photos.items()
     }
     assert report(project) == {"classes": ["cat", "dog"], "images": {"cat": 3, "dog": 3},
                                "unlabelled": 1,  # catalog.jpg
                                "unreadable": 0, "unreadable_files": {}}
-    # data/train.json lists what data/train holds: name, size and CRC-32 of each image.
+    # data/train.json lists each image: its name in its class, size, CRC-32 and entry.
     manifest = json.loads((project / "data" / "train.json").read_text())
     assert manifest == {"classes": ["cat", "dog"], "images": {
-        label: [[name, len(data), zlib.crc32(data)] for name, data in sorted(photos.items())
-                if name.startswith(label)] for label in ("cat", "dog")}}
+        label: [[name, len(data), zlib.crc32(data), f"train/{name}"]
+                for name, data in sorted(photos.items()) if name.startswith(label)]
+        for label in ("cat", "dog")}}
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train.json"]
+    assert result.stderr.splitlines()[-1] == (
+        "split_classes: {'cat': 3, 'dog': 3} images listed in data/train.json, 0 unreadable "
+        "skipped (listed in metrics/data.json), 1 images in no class folder ignored")
 
 
 def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, bytes]) -> None:
-    stale = project / "data" / "train"
-    (stale / "cat").mkdir(parents=True)
-    (stale / "cat" / "cat.999.jpg").write_bytes(photos["cat.0.jpg"])
-    (stale / "bird").mkdir()
-    (stale / "bird" / "bird.1.jpg").write_bytes(photos["dog.0.jpg"])
+    # An earlier run's manifest and report, of an archive with a class "bird" and an image
+    # cat.999.jpg: nothing of them may survive.
+    photo = photos["cat.0.jpg"]
+    stale = [["cat.999.jpg", len(photo), zlib.crc32(photo), "train/cat.999.jpg"]]
+    (project / "data" / "train.json").write_text(json.dumps(
+        {"classes": ["bird", "cat"], "images": {"bird": stale, "cat": stale}}))
+    (project / "metrics").mkdir()
+    (project / "metrics" / "data.json").write_text(json.dumps(
+        {"classes": ["bird", "cat"], "images": {"bird": 1, "cat": 1}, "unlabelled": 7,
+         "unreadable": 1, "unreadable_files": {"bird/bird.2.jpg": "empty file"}}))
     kept = {name: data for name, data in photos.items() if name != "dog.2.jpg"}
     write_zip(project, good_entries(kept))
     assert split(project).returncode == 0
-    assert sorted(extracted(project)) == sorted(
-        f"{name.split('.')[0]}/{name}" for name in kept)
-    assert report(project)["images"] == {"cat": 3, "dog": 2}
-    assert sorted(path.name for path in (project / "data").iterdir()) == [
-        "raw", "train", "train.json"]
+    assert train_images(project) == {f"{name.split('.')[0]}/{name}": data
+                                     for name, data in kept.items()}
+    assert report(project) == {"classes": ["cat", "dog"], "images": {"cat": 3, "dog": 2},
+                               "unlabelled": 0, "unreadable": 0, "unreadable_files": {}}
+    assert json.loads((project / "data" / "train.json").read_text())["classes"] == [
+        "cat", "dog"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train.json"]
 
 
 def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) -> None:
@@ -136,7 +141,7 @@ def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) 
     assert result.returncode == 0, result.stderr
     total = len(entries)
     assert total > 2 * CHUNK
-    assert extracted(project) == {
+    assert train_images(project) == {
         f"{name.split('/')[1].split('.')[0]}/{name.split('/')[1]}": data
         for name, data in entries[:-1]}
     assert report(project)["images"] == {"cat": CHUNK + 3, "dog": CHUNK + 3}
@@ -168,9 +173,9 @@ def test_class_folders(project: Path, photos: dict[str, bytes]) -> None:
     ], zipfile.ZIP_DEFLATED)
     result = split(project)
     assert result.returncode == 0, result.stderr
-    assert extracted(project) == {"daisy/1.jpg": drawn[0], "daisy/2019/june/2.jpg": drawn[1],
-                                  "daisy/2020/2.jpg": drawn[2], "rose/3.png": drawn[3],
-                                  "tulip/5.JPEG": drawn[5]}
+    assert train_images(project) == {
+        "daisy/1.jpg": drawn[0], "daisy/2019/june/2.jpg": drawn[1], "daisy/2020/2.jpg": drawn[2],
+        "rose/3.png": drawn[3], "tulip/5.JPEG": drawn[5]}
     listed = report(project)
     assert list(listed.pop("unreadable_files")) == ["tulip/6.jpg"]
     assert listed == {"classes": ["daisy", "rose", "tulip"], "unreadable": 1, "unlabelled": 1,
@@ -182,7 +187,7 @@ def test_class_folders_at_the_top_of_the_archive(project: Path, photos: dict[str
     label = {"cat": "a", "dog": "b"}
     write_zip(project, [(f"{label[name[:3]]}/{name}", data) for name, data in photos.items()])
     assert split(project).returncode == 0
-    assert sorted(extracted(project)) == sorted(f"{label[name[:3]]}/{name}" for name in photos)
+    assert sorted(train_images(project)) == sorted(f"{label[name[:3]]}/{name}" for name in photos)
     assert report(project)["classes"] == ["a", "b"]
 
 
@@ -206,11 +211,13 @@ def with_photos(*bad: Entry) -> Callable[[dict[str, bytes]], list[Entry]]:
 
 # case -> (the archive's entries, given the photos; what the error must say)
 REFUSED: dict[str, tuple[Callable[[dict[str, bytes]], list[Entry]], str]] = {
-    "dotdot": (with_photos(("train/../../cat.9.jpg", b"x")), "would be written outside"),
+    "dotdot": (with_photos(("train/../../cat.9.jpg", b"x")),
+               "points outside the archive's folder"),
     "backslash-dotdot": (with_photos(("train\\..\\..\\cat.9.jpg", b"x")),
-                         "would be written outside"),
-    "absolute": (with_photos(("/etc/x.jpg", b"x")), "'/etc/x.jpg' would be written outside"),
-    "drive": (with_photos(("C:/cat.9.jpg", b"x")), "would be written outside"),
+                         "points outside the archive's folder"),
+    "absolute": (with_photos(("/etc/x.jpg", b"x")),
+                 "'/etc/x.jpg' points outside the archive's folder"),
+    "drive": (with_photos(("C:/cat.9.jpg", b"x")), "points outside the archive's folder"),
     "symlink": (with_photos((symlink("train/cat.9.jpg"), b"/etc/passwd")), "is a symbolic link"),
     # One file on a case-insensitive file system.
     "same-name-twice": (with_photos(("train/DOG.1.jpg", b"y")), "have the same file name"),
@@ -293,13 +300,14 @@ def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
 
 
 def test_failed_run_leaves_no_stale_output(project: Path, photos: dict[str, bytes]) -> None:
-    # A previous run's images must not outlive a refused archive for train to pick up.
-    (project / "data" / "train" / "cat").mkdir(parents=True)
-    (project / "data" / "train" / "cat" / "cat.0.jpg").write_bytes(photos["cat.0.jpg"])
-    (project / "metrics").mkdir()
-    (project / "metrics" / "data.json").write_text("{}")
+    # A previous run's list of images must not outlive a refused archive for train to
+    # pick up.
+    write_zip(project, good_entries(photos))
+    assert split(project).returncode == 0
+    assert (project / "data" / "train.json").is_file()
+    assert (project / "metrics" / "data.json").is_file()
     write_zip(project, [("train/../cat.0.jpg", b"x")])
-    assert_refused(split(project), project, "would be written outside")
+    assert_refused(split(project), project, "points outside the archive's folder")
 
 
 # --- unreadable images --------------------------------------------------------------
@@ -336,7 +344,7 @@ def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[st
         result.stderr)
 
     readable = {name.removeprefix("train/"): data for name, data in entries[:8]}
-    assert extracted(project) == {
+    assert train_images(project) == {
         f"{name.split('.')[0]}/{name}": data for name, data in readable.items()
     }
     metrics = report(project)

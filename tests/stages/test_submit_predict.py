@@ -32,8 +32,9 @@ from tests.support.photos import cut_off_jpegs, gray_png, photo_pixels
 from tests.support.projects import (
     SMALL_NETWORK,
     Extracted,
+    train_images,
     write_params,
-    write_train_manifest,
+    write_train_images,
 )
 from tests.support.shared import ROOT
 
@@ -236,8 +237,7 @@ def assert_features_refused(project: Path, *hints: str) -> None:
     data/features (the copy's stale one included), so submit refuses to run."""
     assert (project / "data" / "features" / "index.json").is_file()  # stale, from the copy
     assert_stage_error(call_stage("features", project), *hints)
-    assert sorted(path.name for path in (project / "data").iterdir()) == [
-        "raw", "train", "train.json"]
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train.json"]
     assert_stage_error(call_stage("submit", project), "data/features/index.json not found")
     assert not (project / "data" / "submission" / "submission.csv").exists()
 
@@ -260,10 +260,13 @@ def test_image_without_sample_id_fails(tmp_path, extracted_features, model_file)
 # not, so the stages compare what they read themselves.
 
 def rename_class(project: Path, old: str, new: str) -> None:
-    """data/train, data/train.json and the features' index with class `old` named `new`,
-    as split_classes and features rerun by hand leave them (the model not retrained)."""
-    (project / "data" / "train" / old).rename(project / "data" / "train" / new)
-    write_train_manifest(project / "data" / "train")
+    """train.zip, data/train.json and the features' index with class folder `old` named
+    `new`, as split_classes and features rerun by hand leave them (the model not
+    retrained)."""
+    images = train_images(project)
+    write_train_images(project, {f"{new}/{name.partition('/')[2]}"
+                                 if name.startswith(f"{old}/") else name: data
+                                 for name, data in images.items()})
     index_file = project / "data" / "features" / "index.json"
     index = json.loads(index_file.read_text())
     index["classes"] = sorted(new if name == old else name for name in index["classes"])
@@ -285,8 +288,9 @@ def test_a_model_of_other_classes_than_the_features_is_refused(tmp_path, extract
 def test_evaluate_refuses_features_of_other_images_than_data_train_json(
         tmp_path, extracted_features, model_file):
     project = submit_project(tmp_path / "project", extracted_features, model_file)
-    (project / "data" / "train" / "cat" / "cat.1.jpg").unlink()  # split_classes rerun by hand
-    write_train_manifest(project / "data" / "train")
+    images = train_images(project)
+    del images["cat/cat.1.jpg"]
+    write_train_images(project, images)  # train.zip fetched again, split_classes rerun by hand
     assert_stage_error(call_stage("evaluate", project),
                        "the features are of other images than data/train.json lists (first "
                        "difference: cat/cat.1.jpg): run `dvc repro features`")

@@ -9,6 +9,7 @@ metrics move from epoch to epoch and equal metrics mean something.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import shutil
@@ -26,7 +27,12 @@ from tests.support.commands import (
     stage_command,
     stage_env,
 )
-from tests.support.projects import extract_features, lay_out_project, write_train_manifest
+from tests.support.projects import (
+    extract_features,
+    lay_out_project,
+    train_images,
+    write_train_images,
+)
 from tests.support.scores import assert_evaluation_is_sound, flatten
 from tests.support.shared import ROOT
 
@@ -182,12 +188,16 @@ def validation_loss(project: Path) -> float:
     import yaml
 
     from finetune.dataset.decode import load_images
-    from finetune.dataset.split import labels_of, split_files
+    from finetune.dataset.manifest import open_train_images, read_manifest
+    from finetune.dataset.split import labels_of, paths_of, split_samples
     from finetune.model.saved import load_model
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    _, validation = split_files(project / "data/train", params["val_split"], params["seed"])
-    images = load_images([path for path, _ in validation], params["image_size"], "validation")
+    listed = read_manifest(project / "data/train.json")
+    _, validation = split_samples(listed.samples, listed.classes, params["val_split"],
+                                  params["seed"])
+    with open_train_images(listed, project / "data/raw/train.zip") as read:
+        images = load_images(read, paths_of(validation), params["image_size"], "validation")
     model = load_model(project / "models/model.keras")
     predictions = model.predict(images.astype(np.float32), verbose=0)
     return float(np.mean(keras.losses.binary_crossentropy(labels_of(validation), predictions)))
@@ -272,11 +282,9 @@ def test_a_class_too_small_to_hold_one_out_trains_and_is_listed_unscored(
     data set: train learns it, evaluate scores the others and lists it under train_only."""
     project = lay_out_project(tmp_path, sample_dir, weights_file, PER_CLASS,
                               **{**SMALL, **INPUTS[inputs], "epochs": 1, "head_epochs": 0})
-    rare = project / "data/train/rare"
-    rare.mkdir()
-    for number in (50, 51):  # photos the other classes do not hold
-        shutil.copy(sample_dir / "train" / f"dog.{number}.jpg", rare / f"rare.{number}.jpg")
-    write_train_manifest(project / "data/train")
+    write_train_images(project, train_images(project) | {
+        f"rare/rare.{number}.jpg": (sample_dir / "train" / f"dog.{number}.jpg").read_bytes()
+        for number in (50, 51)})  # photos the other classes do not hold
     extract_features(project)
     trained = train(project)
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -305,7 +313,8 @@ def test_features_and_pixels_train_the_same_model(tmp_path, sample_dir, weights_
 
     import stages.train as train_stage
     from finetune.core.params import load_params
-    from finetune.dataset.split import split_files
+    from finetune.dataset.manifest import open_train_images, read_manifest
+    from finetune.dataset.split import split_samples
     from finetune.model.saved import load_model
     from finetune.training.determinism import set_determinism
     from tests.support.photos import photo_pixels
@@ -321,9 +330,12 @@ def test_features_and_pixels_train_the_same_model(tmp_path, sample_dir, weights_
         models[inputs] = load_model(project / "models/model.keras")
         losses = logged(project, VAL_LOSS_LOG)
         assert len(set(losses)) == len(losses), losses  # it learned: a real comparison
-    _, validation = split_files(tmp_path / "pixels/data/train", params["val_split"],
-                                params["seed"])
-    photos = np.stack([photo_pixels(Path(path), params["image_size"]) for path, _ in validation])
+    listed = read_manifest(tmp_path / "pixels/data/train.json")
+    _, validation = split_samples(listed.samples, listed.classes, params["val_split"],
+                                  params["seed"])
+    with open_train_images(listed, tmp_path / "pixels/data/raw/train.zip") as read:
+        photos = np.stack([photo_pixels(io.BytesIO(read(name)), params["image_size"])
+                           for name, _ in validation])
     predictions = {inputs: model.predict(photos, verbose=0).ravel()
                    for inputs, model in models.items()}
     assert np.ptp(predictions["pixels"]) > 0.2  # predictions differ from photo to photo
@@ -417,8 +429,11 @@ def test_calibration_fits_a_temperature_that_evaluate_submit_and_predict_apply(
         none["metrics"]["log_loss"], rel=1e-5)
 
     # The saved model's probabilities are softmax(logits / T), from pixels...
-    photos = sorted((project / "data/train").rglob("*.jpg"))[::5]
-    pixels = load_images([str(photo) for photo in photos], SMALL["image_size"], "test")
+    # Training images as files (predict reads files): the photos train.zip's were made of.
+    names = sorted(train_images(project))[::5]
+    photos = [sample_dir / "train" / name.split("/")[1] for name in names]
+    pixels = load_images(lambda file: Path(file).read_bytes(), [str(photo) for photo in photos],
+                         SMALL["image_size"], "test")
     logits = logits_part(model, on_features=False).predict_on_batch(pixels)
     expected = scaled_probabilities(logits, temperature)
     assert np.abs(predict_probabilities(model, pixels) - expected).max() < 1e-6

@@ -7,6 +7,7 @@ import csv
 import io
 import random
 from pathlib import Path
+from typing import IO
 
 CLASSES = ("cat", "dog")
 # Background colour of each drawn class (see draw_photo); any other label is a bird.
@@ -84,7 +85,7 @@ def make_class_folders(folder: Path) -> Path:
     return folder
 
 
-def photo_pixels(photo: Path, size: int):
+def photo_pixels(photo: Path | IO[bytes], size: int):
     """`photo` as the model takes it, decoded here independently of the project's own
     decoder (finetune.dataset.decode), so that neither test material nor a test's expected values
     share a bug with the code under test: Pillow decodes it as RGB (a grayscale image's

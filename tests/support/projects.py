@@ -4,7 +4,6 @@ that several tests read."""
 from __future__ import annotations
 
 import csv
-import json
 import random
 import shutil
 import subprocess
@@ -35,34 +34,53 @@ def write_params(project: Path, **changes: object) -> dict[str, Any]:
     return params
 
 
-def write_train_manifest(train_dir: Path) -> None:
-    """data/train.json for class folders laid out by hand, as split_classes writes it."""
-    import zlib
+def write_train_images(project: Path, images: dict[str, bytes]) -> None:
+    """project/data/raw/train.zip holding `images` ("<class>/<path>" -> bytes: an entry
+    each, in class folders, in this order) and project/data/train.json listing them all,
+    as fetch_data and split_classes leave them (split_classes' own listing code: these
+    tests are not about it)."""
+    import contextlib
+    import zipfile
 
-    images = {folder.name: [[path.relative_to(folder).as_posix(), path.stat().st_size,
-                             zlib.crc32(path.read_bytes())]
-                            for path in sorted(folder.rglob("*")) if path.is_file()]
-              for folder in sorted(train_dir.iterdir()) if folder.is_dir()}
-    manifest = {"classes": list(images), "images": images}
-    (train_dir.parent / "train.json").write_text(json.dumps(manifest) + "\n")
+    from finetune.dataset.classes import classify
+    from finetune.dataset.manifest import write_manifest
+
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(raw / "train.zip", "w") as archive:
+        for name, data in images.items():
+            archive.writestr(name, data)
+    with zipfile.ZipFile(raw / "train.zip") as archive, contextlib.chdir(project):
+        labelled, unlabelled = classify(archive.infolist())
+        assert unlabelled == 0, "every image needs a class folder"
+        write_manifest(labelled)
+
+
+def train_images(project: Path) -> dict[str, bytes]:
+    """"<class>/<path>" -> bytes of every image project/data/train.json lists, read from
+    project/data/raw/train.zip, in the manifest's order (class by class, by name)."""
+    import contextlib
+
+    from finetune.dataset.manifest import open_train_images, read_manifest
+
+    with contextlib.chdir(project):
+        listed = read_manifest()
+        with open_train_images(listed) as read:
+            return {name: read(name) for name, _ in listed.samples}
 
 
 def lay_out_project(root: Path, sample_dir: Path, weights_file: Path, per_class: int,
                     test_images: int = 4, **params: object) -> Path:
     """A project folder as fetch_data, split_classes and fetch_weights leave it:
-    data/raw/{test.zip, sample_submission.csv} (the first `test_images` test photos),
-    data/train/{cat,dog}/ (the first `per_class` photos of each), models/backbone_notop.h5,
-    and params.yaml with `params`."""
+    data/raw/{train.zip, test.zip, sample_submission.csv} (the first `per_class` training
+    photos of each class, as cat/cat.0.jpg..., the first `test_images` test photos),
+    data/train.json, models/backbone_notop.h5, and params.yaml with `params`."""
     import zipfile
 
-    for label in CLASSES:
-        folder = root / "data" / "train" / label
-        folder.mkdir(parents=True)
-        for number in range(per_class):
-            shutil.copy(sample_dir / "train" / f"{label}.{number}.jpg", folder)
-    write_train_manifest(root / "data" / "train")
+    write_train_images(root, {f"{label}/{label}.{number}.jpg":
+                              (sample_dir / "train" / f"{label}.{number}.jpg").read_bytes()
+                              for label in CLASSES for number in range(per_class)})
     raw = root / "data" / "raw"
-    raw.mkdir(parents=True)
     with zipfile.ZipFile(raw / "test.zip", "w") as archive:
         for number in range(1, test_images + 1):
             archive.write(sample_dir / "test" / f"{number}.jpg", f"test/{number}.jpg")
@@ -126,7 +144,7 @@ EXTRACTED_PER_CLASS = 8  # training photos per class: colour and grayscale JPEGs
 
 
 def extract_sample_features(root: Path, sample_dir: Path, weights_file: Path) -> Extracted:
-    """The features stage, run once with SMALL_NETWORK and `weights_file` on: data/train
+    """The features stage, run once with SMALL_NETWORK and `weights_file` on: train.zip
     with the first EXTRACTED_PER_CLASS drawn photos of each class; test.zip holding, in
     reverse order, test/1.jpg .. test/20.jpg (the drawn test photos), test/21.jpg (a
     grayscale PNG) and test/22.jpg (a JPEG truncated to 500 bytes: the corrupt one);

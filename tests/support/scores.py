@@ -16,7 +16,6 @@ from finetune.core.paths import (
     MODEL_FILE,
     PREDICTIONS_FILE,
     RELIABILITY_PLOT,
-    TRAIN_DIR,
 )
 
 EPS = np.finfo(np.float64).eps  # scikit-learn's clip of float64 probabilities
@@ -138,7 +137,8 @@ def assert_evaluation_is_sound(project: Path) -> None:
     diagram."""
     from finetune.core.params import load_params
     from finetune.dataset.decode import load_images
-    from finetune.dataset.split import list_samples, train_only_classes
+    from finetune.dataset.manifest import open_train_images, read_manifest
+    from finetune.dataset.split import train_only_classes
     from finetune.evaluation.predictions import read_predictions
     from finetune.model.assembly import model_temperature
     from finetune.model.saved import load_model, predict_probabilities
@@ -151,8 +151,10 @@ def assert_evaluation_is_sound(project: Path) -> None:
         assert pixel_data(params).validation_paths == paths
         assert label_names == [Path(path).parts[0] for path in paths]
         labels = np.array([classes.index(name) for name in label_names])
-        photos = load_images([str(TRAIN_DIR / path) for path in paths], params["image_size"],
-                             "test: decoding the validation images")
+        images = read_manifest()
+        with open_train_images(images) as read:
+            photos = load_images(read, paths, params["image_size"],
+                                 "test: decoding the validation images")
         model = load_model(MODEL_FILE)
         calibration = None
         # tta: flip: each photo's mirror image too (the width axis reversed).
@@ -166,7 +168,7 @@ def assert_evaluation_is_sound(project: Path) -> None:
                                                mirrors)
         # From pixels, not from the float16 features evaluate read: close, not equal.
         assert np.abs(direct - probabilities).max() < 0.02
-        train_only = train_only_classes(list_samples(TRAIN_DIR), classes, params["val_split"])
+        train_only = train_only_classes(images.samples, classes, params["val_split"])
         metrics = json.loads((EVALUATE_LIVE_DIR / "metrics.json").read_text())
         points = json.loads(RELIABILITY_PLOT.read_text())
     assert_scores_match(metrics, labels, probabilities, classes, train_only, calibration)

@@ -134,11 +134,11 @@ def test_removing_any_module_from_deps_is_caught():
 
 def test_the_scan_follows_imports_inside_functions_and_through_modules():
     # fetch_data imports the backbone inside main() (exempt); split_classes reaches
-    # dataset/unpack.py directly and dataset/decode.py only inside unpack's function;
+    # dataset/screening.py directly and dataset/decode.py only inside its function;
     # submit reaches dataset/split.py only through features/store.py.
     assert "finetune/model/backbone.py" in imported_modules("stages/fetch_data.py")
-    assert "finetune/dataset/unpack.py" in imported_modules("stages/split_classes.py")
-    assert "finetune/dataset/decode.py" in imported_modules("finetune/dataset/unpack.py")
+    assert "finetune/dataset/screening.py" in imported_modules("stages/split_classes.py")
+    assert "finetune/dataset/decode.py" in imported_modules("finetune/dataset/screening.py")
     assert "finetune/dataset/split.py" not in imported_modules("stages/submit.py")
     assert "finetune/dataset/split.py" in required_modules("submit", dvc_stages()["submit"])
     # `from package import module` is a module import

@@ -3,8 +3,10 @@ a bad image in its own words, without what TensorFlow's decoders print about it.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from finetune.core.errors import StageError
 from finetune.dataset.decode import (
     DECODER_CHATTER,
     decode_batches,
@@ -16,11 +18,27 @@ from tests.support.photos import cut_off_jpegs
 
 
 def test_decoding_reports_progress_without_a_terminal(capfd, sample_dir):
-    photos = sorted(str(path) for path in (sample_dir / "train").glob("*.jpg"))
-    pixels = load_images(photos, 32, "train: decoding training images")
+    photos = {path.name: path.read_bytes()
+              for path in sorted((sample_dir / "train").glob("*.jpg"))}
+    names = list(photos)
+    pixels = load_images(photos.__getitem__, names, 32, "train: decoding training images")
     assert pixels.shape == (len(photos), 32, 32, 3)
     err = capfd.readouterr().err
     assert f"train: decoding training images: {len(photos)}/{len(photos)} images (100%" in err
+    # In the order of `names`, whichever order the images decode in.
+    for index in (0, len(names) - 1):
+        np.testing.assert_array_equal(pixels[index], decode_pixels(photos[names[index]], 32))
+    backwards = load_images(photos.__getitem__, names[::-1], 32, "again")
+    np.testing.assert_array_equal(backwards, pixels[::-1])
+
+
+def test_an_image_that_does_not_decode_is_refused_by_name(sample_dir):
+    # split_classes listed only images that decode: one that does not now was changed.
+    good = (sample_dir / "test" / "1.jpg").read_bytes()
+    images = {"cat/cat.0.jpg": good, "dog/dog.0.jpg": b"not an image", "dog/dog.1.jpg": good}
+    with pytest.raises(StageError, match=r"^dog/dog\.0\.jpg cannot be decoded \(.+\): "
+                                         r"run `dvc repro -f split_classes`$"):
+        load_images(images.__getitem__, list(images), 32, "train: decoding training images")
 
 
 def test_a_cut_off_jpeg_is_reported_without_the_decoders_chatter(capfd, sample_dir):

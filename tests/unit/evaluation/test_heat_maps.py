@@ -12,6 +12,7 @@ in that quadrant, whichever quadrant (a map that always peaks in one corner fail
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import keras
@@ -141,13 +142,15 @@ def test_the_mistakes_grid_overlays_a_map_per_photo(tmp_path):
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.45, 0.55]])
     shown = most_confident_mistakes(labels, probabilities)
     assert shown == [1, 3]  # wrong, most confident first
-    paths = []
+    names, photos = [], []
     for index in shown:
-        paths.append(str(tmp_path / f"{index}.jpg"))
-        Image.new("L" if index == 1 else "RGB", (40 + index, 30), 90).save(paths[-1])
+        names.append(f"{['cat', 'dog'][labels[index]]}/{index}.jpg")
+        encoded = io.BytesIO()
+        Image.new("L" if index == 1 else "RGB", (40 + index, 30), 90).save(encoded, "JPEG")
+        photos.append(encoded.getvalue())
     heat_maps = np.zeros((len(shown), SIZE, SIZE), np.float32)
-    figure = mistakes_figure(paths, labels[shown], probabilities[shown], ["cat", "dog"],
-                             heat_maps)
+    figure = mistakes_figure(names, photos, labels[shown], probabilities[shown],
+                             ["cat", "dog"], heat_maps)
     assert "Grad-CAM of the predicted class" in figure._suptitle.get_text()
     titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
     assert titles == ["1.jpg\ntrue dog, said cat (0.800)", "3.jpg\ntrue cat, said dog (0.700)"]
@@ -162,6 +165,6 @@ def test_no_mistakes_no_maps(sigmoid_model):
     labels = np.array([0, 1])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8]])
     assert most_confident_mistakes(labels, probabilities) == []
-    figure = mistakes_figure([], labels[[]], probabilities[[]], ["cat", "dog"], heat_maps)
+    figure = mistakes_figure([], [], labels[[]], probabilities[[]], ["cat", "dog"], heat_maps)
     assert "no misclassified validation images" in [text.get_text() for text in
                                                     figure.axes[0].texts]

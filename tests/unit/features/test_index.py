@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune.core.errors import StageError
+from finetune.dataset.manifest import read_manifest
 from finetune.features.store import (
     FEATURE_PARAMS,
     read_index,
@@ -26,7 +27,8 @@ IMAGES = {"cat": ["cat.0.jpg", "cat.1.jpg"], "dog": ["dog.0.jpg"]}
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """index.json of the features of IMAGES made with weights.h5, and data/train.json."""
+    """index.json of the features of IMAGES made with weights.h5, and train.json (the
+    manifest, as split_classes writes data/train.json) listing IMAGES."""
     (tmp_path / "weights.h5").write_bytes(b"weights" * 1000)
     write_manifest(tmp_path, IMAGES)
     train = [(f"{label}/{name}", number) for number, label in enumerate(IMAGES)
@@ -37,12 +39,16 @@ def project(tmp_path) -> Path:
 
 
 def write_manifest(project: Path, images: dict[str, list[str]]) -> None:
-    listed = {label: [[name, 100, 0] for name in names] for label, names in images.items()}
+    """project/train.json listing `images` (class -> names in its folder): name, size,
+    CRC-32 and train.zip entry each (no archive: the index is checked against the list)."""
+    listed = {label: [[name, 100, 0, f"train/{name}"] for name in names]
+              for label, names in images.items()}
     (project / "train.json").write_text(json.dumps({"classes": list(images), "images": listed}))
 
 
 def read(project: Path) -> dict:
-    return read_index(PARAMS, project / "index.json", manifest=project / "train.json",
+    return read_index(PARAMS, project / "index.json",
+                      images=read_manifest(project / "train.json"),
                       weights=project / "weights.h5")
 
 

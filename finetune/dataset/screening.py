@@ -1,10 +1,8 @@
-"""Unpacking the images into data/train/<class>/, each decoded once on the way.
-
-Entries are extracted straight into their class folder (no second copy of the images),
-each decoded with TensorFlow's own decoder (the one training uses), so that an unreadable
-image is skipped here and listed in metrics/data.json instead of crashing training later.
-TensorFlow's JPEG decoder refuses a truncated file ("Premature end of JPEG data"), so a
-cut-off download is caught by the decode alone.
+"""Screening train.zip's images: each decoded once, with TensorFlow's own decoder (the one
+every stage uses), so that an unreadable image is left out of data/train.json and listed
+in metrics/data.json instead of crashing training later. TensorFlow's JPEG decoder
+refuses a truncated file ("Premature end of JPEG data"), so a cut-off download is caught
+by the decode alone. The images stay in the archive: nothing is extracted.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
-from finetune.core.atomic import atomic_output
 from finetune.core.errors import StageError
-from finetune.core.paths import TRAIN_DIR, TRAIN_ZIP
+from finetune.core.paths import TRAIN_ZIP
 from finetune.dataset.archive import read_entry
 from finetune.dataset.classes import LabelledEntry
 
@@ -32,10 +29,10 @@ def workers() -> int:
         return os.cpu_count() or 1
 
 
-def unpack_images(archive: zipfile.ZipFile, images: list[LabelledEntry], max_unreadable: float
-                 ) -> tuple[list[LabelledEntry], dict[str, int], dict[str, str]]:
-    """Decode every image and write the readable ones into data/train/<class>/; return
-    those, how many each class has, and why each unreadable one is."""
+def screen_images(archive: zipfile.ZipFile, images: list[LabelledEntry], max_unreadable: float
+                  ) -> tuple[list[LabelledEntry], dict[str, int], dict[str, str]]:
+    """Decode every image; return the readable ones, how many each class has, and why
+    each unreadable one is."""
     # Imported here, once (not from several threads at once), after the cheap checks.
     from finetune.dataset.decode import decode_error
 
@@ -43,29 +40,16 @@ def unpack_images(archive: zipfile.ZipFile, images: list[LabelledEntry], max_unr
     counts = dict.fromkeys(labels, 0)
     readable: list[LabelledEntry] = []
     unreadable: dict[str, str] = {}
-    with atomic_output(TRAIN_DIR) as staging, ThreadPoolExecutor(workers()) as pool:
-        for label in labels:
-            (staging / label).mkdir(parents=True)
+    with ThreadPoolExecutor(workers()) as pool:
 
         def check(chunk: list[LabelledEntry]) -> list[tuple[LabelledEntry, str]]:
-            """Read, decode and, if readable, write each image of `chunk`: (image, why it
-            is unreadable or "")."""
-            checked = []
-            for image in chunk:
-                data = read_entry(archive, image.info)
-                reason = decode_error(data)
-                if not reason:
-                    destination = staging / image.label / image.name
-                    if "/" in image.name:
-                        destination.parent.mkdir(parents=True, exist_ok=True)
-                    destination.write_bytes(data)
-                checked.append((image, reason))
-            return checked
+            """Read and decode each image of `chunk`: (image, why it is unreadable or "")."""
+            return [(image, decode_error(read_entry(archive, image.info))) for image in chunk]
 
-        # Each worker reads, decodes and writes its own images, one at a time (bounded
-        # memory), and nothing waits on the main thread. Decoding releases the GIL; so
-        # do the reads (one shared archive handle, locked per entry: cheaper than a
-        # handle per worker, each parsing the directory again) and the writes.
+        # Each worker reads and decodes its own images, one at a time (bounded memory),
+        # and nothing waits on the main thread. Decoding releases the GIL; so do the
+        # reads (one shared archive handle, locked per entry: cheaper than a handle per
+        # worker, each parsing the directory again).
         chunks = [images[start:start + CHUNK] for start in range(0, len(images), CHUNK)]
         futures = [pool.submit(check, chunk) for chunk in chunks]
         try:
