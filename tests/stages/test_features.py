@@ -312,9 +312,9 @@ def rewrite_zip(path: Path, images: dict[str, bytes]) -> None:
 @pytest.mark.parametrize("change", ["removed", "edited", "same size"])
 def test_a_train_zip_unlike_its_listing_is_refused(tmp_path, sample_dir,
                                                    mobilenet_random_weights, change):
-    # The stages that read the training images depend on data/train.json, not on
-    # train.zip: an archive changed behind DVC's back (fetched again, edited by hand) must
-    # not be read as if it were the one listed there. An image removed, or another image
+    # The stages read the training images from train.zip through data/train.json: an
+    # archive changed behind DVC's back (a stage run by hand after fetching again, an edit)
+    # must not be read as if it were the one listed there. An image removed, or another image
     # under the same entry name (another size; the same size and another CRC), is refused
     # in one line before anything slow, naming the image and what to rerun.
     project = lay_out_project(tmp_path / "project", sample_dir, mobilenet_random_weights, 2,
