@@ -2,7 +2,7 @@
 that has run its pipeline (make bench's build/bench/<size>/project, or any copy).
 
     python -m scripts.bench_dvc PROJECT [--lr 1e-4] [--repeats 3] [--repro]
-                                [--setup LAYOUT]
+                                [--setup LAYOUT] [--no-profile]
 
 `--setup LAYOUT` first makes PROJECT: the project copied with a cheap configuration (the
 demo's MobileNet alpha 0.25 and its weights from ../shared, 96 px, batch 64, 1 epoch) reading LAYOUT
@@ -14,7 +14,7 @@ Each repeat runs `dvc exp run -S lr=LR x (k + 1)` (a value of its own: DVC's run
 otherwise restore an earlier repeat's outputs instead of running the stages) and measures
 DVC's own time: the wall time outside the stage processes (the marks of
 finetune.core.timings, as scripts/bench.py). One more run, under cProfile (`dvc
---cprofile-dump`, which slows DVC itself: 17 s of its own time instead of 10.5 at full
+--cprofile-dump`, which slows DVC itself: 9.7 s of its own time instead of 7.7 at full
 size), says where DVC's time goes: the
 cumulative time of the DVC functions that do each upstream check, as a share of the
 profiled run's own time. `--repro` times `dvc repro` after setting the same params instead
