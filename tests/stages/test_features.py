@@ -47,6 +47,7 @@ from tests.support.projects import (
     train_images,
     write_params,
     write_train_images,
+    write_zip,
 )
 from tests.support.shared import ROOT
 
@@ -302,13 +303,6 @@ def test_unreadable_training_image_fails(tmp_path, sample_dir, mobilenet_random_
     assert sorted(path.name for path in (project / "data").iterdir()) == ["raw", "train.json"]
 
 
-def rewrite_zip(path: Path, images: dict[str, bytes]) -> None:
-    """`path`, a zip archive, holding `images` (entry name -> bytes) and nothing else."""
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in images.items():
-            archive.writestr(name, data)
-
-
 @pytest.mark.parametrize("change", ["removed", "edited", "same size"])
 def test_a_train_zip_unlike_its_listing_is_refused(tmp_path, sample_dir,
                                                    mobilenet_random_weights, change):
@@ -329,7 +323,7 @@ def test_a_train_zip_unlike_its_listing_is_refused(tmp_path, sample_dir,
         edited = bytearray(listed)
         edited[-10] ^= 0x01
         images["cat/cat.1.jpg"] = bytes(edited)
-    rewrite_zip(project / "data" / "raw" / "train.zip", images)
+    write_zip(project / "data" / "raw" / "train.zip", images)
     what = "has no entry" if change == "removed" else (
         f"has another entry ({len(images['cat/cat.1.jpg']):,} bytes, CRC "
         f"{zlib.crc32(images['cat/cat.1.jpg']):08x}; data/train.json says {len(listed):,}, "

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from PIL import Image
 from finetune.dataset.archive import MAX_EXPANSION, SMALL_ENTRY
 from finetune.dataset.screening import CHUNK
 from tests.support.commands import assert_stage_error, call_stage, run_stage
-from tests.support.projects import train_images, write_params
+from tests.support.projects import train_images, write_params, write_zip
 
 TRAIN_ZIP = "data/raw/train.zip"
 Entry = tuple[str | zipfile.ZipInfo, bytes]
@@ -48,15 +48,6 @@ def split(project: Path) -> subprocess.CompletedProcess:
     return call_stage("split_classes", project)
 
 
-def write_zip(project: Path, entries: Iterable[Entry],
-              compression: int = zipfile.ZIP_STORED) -> Path:
-    path = project / TRAIN_ZIP
-    with zipfile.ZipFile(path, "w", compression) as archive:
-        for name, data in entries:
-            archive.writestr(name, data)
-    return path
-
-
 def good_entries(photos: dict[str, bytes]) -> list[Entry]:
     return [(f"train/{name}", data) for name, data in photos.items()]
 
@@ -78,7 +69,7 @@ def assert_refused(result: subprocess.CompletedProcess, project: Path, *hints: s
 
 
 def test_good_archive(project: Path, photos: dict[str, bytes]) -> None:
-    write_zip(project, [
+    write_zip(project / TRAIN_ZIP, [
         *good_entries(photos),
         ("train/", b""),  # a folder entry
         ("train/readme.txt", b"not an image"),
@@ -117,7 +108,7 @@ def test_stale_output_is_replaced_not_merged(project: Path, photos: dict[str, by
         {"classes": ["bird", "cat"], "images": {"bird": 1, "cat": 1}, "unlabelled": 7,
          "unreadable": 1, "unreadable_files": {"bird/bird.2.jpg": "empty file"}}))
     kept = {name: data for name, data in photos.items() if name != "dog.2.jpg"}
-    write_zip(project, good_entries(kept))
+    write_zip(project / TRAIN_ZIP, good_entries(kept))
     assert split(project).returncode == 0
     assert train_images(project) == {f"{name.split('.')[0]}/{name}": data
                                      for name, data in kept.items()}
@@ -136,7 +127,7 @@ def test_many_images_in_several_chunks(project: Path, photos: dict[str, bytes]) 
     entries: list[Entry] = [(f"train/{label}.{n}.jpg", drawn[n % len(drawn)])
                             for n in range(CHUNK + 3) for label in ("cat", "dog")]
     entries.append(("train/dog.999.jpg", b"GIF89a, cut off"))
-    write_zip(project, entries)
+    write_zip(project / TRAIN_ZIP, entries)
     result = split(project)
     assert result.returncode == 0, result.stderr
     total = len(entries)
@@ -158,7 +149,7 @@ def test_class_folders(project: Path, photos: dict[str, bytes]) -> None:
     # image beside the class folders has no class and is counted, not used.
     drawn = list(photos.values())
     write_params(project, max_unreadable_fraction=0.2)  # 1 of 6
-    write_zip(project, [
+    write_zip(project / TRAIN_ZIP, [
         ("flowers/daisy/1.jpg", drawn[0]),
         ("flowers/daisy/2019/june/2.jpg", drawn[1]),
         ("flowers/daisy/2020/2.jpg", drawn[2]),  # same file name, another sub-folder
@@ -185,7 +176,8 @@ def test_class_folders(project: Path, photos: dict[str, bytes]) -> None:
 
 def test_class_folders_at_the_top_of_the_archive(project: Path, photos: dict[str, bytes]) -> None:
     label = {"cat": "a", "dog": "b"}
-    write_zip(project, [(f"{label[name[:3]]}/{name}", data) for name, data in photos.items()])
+    write_zip(project / TRAIN_ZIP,
+              [(f"{label[name[:3]]}/{name}", data) for name, data in photos.items()])
     assert split(project).returncode == 0
     assert sorted(train_images(project)) == sorted(f"{label[name[:3]]}/{name}" for name in photos)
     assert report(project)["classes"] == ["a", "b"]
@@ -245,12 +237,13 @@ REFUSED: dict[str, tuple[Callable[[dict[str, bytes]], list[Entry]], str]] = {
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
 def test_refused_archive(project: Path, photos: dict[str, bytes], case: str) -> None:
     entries, hint = REFUSED[case]
-    write_zip(project, entries(photos))
+    write_zip(project / TRAIN_ZIP, entries(photos))
     assert_refused(split(project), project, hint)
 
 
 def test_zip_bomb(project: Path, photos: dict[str, bytes]) -> None:
-    archive = write_zip(project, [*good_entries(photos), *zip_bomb()], zipfile.ZIP_DEFLATED)
+    archive = write_zip(project / TRAIN_ZIP, [*good_entries(photos), *zip_bomb()],
+                        zipfile.ZIP_DEFLATED)
     assert archive.stat().st_size < 1 << 20  # under the 1 MiB floor of the whole-archive check
     assert_refused(split(project), project, "'train/cat.100.jpg' claims to expand",
                    "50,000,000 bytes")
@@ -261,7 +254,7 @@ def test_archive_expanding_too_much_in_all_is_refused(project: Path,
     # Every entry passes the per-entry check (no more than SMALL_ENTRY, 1 MiB, each), but
     # together they claim over MAX_EXPANSION (50) times the archive: the whole-archive check.
     filler = [(f"train/cat.{1000 + n}.jpg", bytes(SMALL_ENTRY)) for n in range(MAX_EXPANSION + 10)]
-    archive = write_zip(project, [*good_entries(photos), *filler], zipfile.ZIP_DEFLATED)
+    archive = write_zip(project / TRAIN_ZIP, [*good_entries(photos), *filler], zipfile.ZIP_DEFLATED)
     with zipfile.ZipFile(archive) as opened:
         infos = opened.infolist()
     assert all(info.file_size <= max(MAX_EXPANSION * info.compress_size, SMALL_ENTRY)
@@ -280,7 +273,7 @@ def test_not_a_zip(project: Path, photos: dict[str, bytes], kind: str) -> None:
     if kind == "not-a-zip":
         archive.write_text("<html>an error page</html>")
     else:
-        write_zip(project, good_entries(photos))
+        write_zip(archive, good_entries(photos))
         archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     assert_refused(split(project), project, "is not a zip archive", "dvc repro -f fetch_data")
 
@@ -291,7 +284,7 @@ def test_missing_archive(project: Path) -> None:
 
 def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
     # The directory is intact, one photo's stored bytes are not: its CRC no longer matches.
-    archive = write_zip(project, good_entries(photos))
+    archive = write_zip(project / TRAIN_ZIP, good_entries(photos))
     data = bytearray(archive.read_bytes())
     at = data.index(photos["dog.1.jpg"]) + len(photos["dog.1.jpg"]) // 2
     data[at] ^= 0xFF
@@ -302,11 +295,11 @@ def test_damaged_entry(project: Path, photos: dict[str, bytes]) -> None:
 def test_failed_run_leaves_no_stale_output(project: Path, photos: dict[str, bytes]) -> None:
     # A previous run's list of images must not outlive a refused archive for train to
     # pick up.
-    write_zip(project, good_entries(photos))
+    write_zip(project / TRAIN_ZIP, good_entries(photos))
     assert split(project).returncode == 0
     assert (project / "data" / "train.json").is_file()
     assert (project / "metrics" / "data.json").is_file()
-    write_zip(project, [("train/../cat.0.jpg", b"x")])
+    write_zip(project / TRAIN_ZIP, [("train/../cat.0.jpg", b"x")])
     assert_refused(split(project), project, "points outside the archive's folder")
 
 
@@ -335,7 +328,7 @@ def mixed_entries(photos: dict[str, bytes]) -> list[Entry]:
 def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[str, bytes]) -> None:
     write_params(project, max_unreadable_fraction=0.3)  # 3 of 11 is 27%
     entries = mixed_entries(photos)
-    write_zip(project, entries)
+    write_zip(project / TRAIN_ZIP, entries)
     # A real process: TensorFlow's decoder writes past Python, on fd 2, about the cut-off
     # JPEG ("E0000 ... jpeg_mem.cc:331] Premature end of JPEG data"), which must not show.
     result = run_stage("split_classes", project)
@@ -360,6 +353,6 @@ def test_unreadable_images_are_skipped_and_listed(project: Path, photos: dict[st
 
 def test_too_many_unreadable_images_fail(project: Path, photos: dict[str, bytes]) -> None:
     write_params(project, max_unreadable_fraction=0.25)
-    write_zip(project, mixed_entries(photos))
+    write_zip(project / TRAIN_ZIP, mixed_entries(photos))
     assert_refused(split(project), project, "3 of 11 images (27.3%) are unreadable",
                    "max_unreadable_fraction 0.25")

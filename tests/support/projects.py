@@ -7,6 +7,8 @@ import csv
 import random
 import shutil
 import subprocess
+import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,23 +36,29 @@ def write_params(project: Path, **changes: object) -> dict[str, Any]:
     return params
 
 
+def write_zip(path: Path,
+              entries: Iterable[tuple[str | zipfile.ZipInfo, bytes]] | Mapping[str, bytes],
+              compression: int = zipfile.ZIP_STORED) -> Path:
+    """`path`, a new zip archive (its folder made), holding `entries` in order; returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in (entries.items() if isinstance(entries, Mapping) else entries):
+            archive.writestr(name, data)
+    return path
+
+
 def write_train_images(project: Path, images: dict[str, bytes]) -> None:
     """project/data/raw/train.zip holding `images` ("<class>/<path>" -> bytes: an entry
     each, in class folders, in this order) and project/data/train.json listing them all,
     as fetch_data and split_classes leave them (split_classes' own listing code: these
     tests are not about it)."""
     import contextlib
-    import zipfile
 
     from finetune.dataset.classes import classify
     from finetune.dataset.manifest import write_manifest
 
-    raw = project / "data" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(raw / "train.zip", "w") as archive:
-        for name, data in images.items():
-            archive.writestr(name, data)
-    with zipfile.ZipFile(raw / "train.zip") as archive, contextlib.chdir(project):
+    train_zip = write_zip(project / "data" / "raw" / "train.zip", images)
+    with zipfile.ZipFile(train_zip) as archive, contextlib.chdir(project):
         labelled, unlabelled = classify(archive.infolist())
         assert unlabelled == 0, "every image needs a class folder"
         write_manifest(labelled)
@@ -75,8 +83,6 @@ def lay_out_project(root: Path, sample_dir: Path, weights_file: Path, per_class:
     data/raw/{train.zip, test.zip, sample_submission.csv} (the first `per_class` training
     photos of each class, as cat/cat.0.jpg..., the first `test_images` test photos),
     data/train.json, models/backbone_notop.h5, and params.yaml with `params`."""
-    import zipfile
-
     write_train_images(root, {f"{label}/{label}.{number}.jpg":
                               (sample_dir / "train" / f"{label}.{number}.jpg").read_bytes()
                               for label in CLASSES for number in range(per_class)})
@@ -116,13 +122,8 @@ SMALL_NETWORK = {
 def write_test_set(project: Path, entries: list[tuple[str, bytes]], ids: list[str]) -> None:
     """project/data/raw/test.zip holding `entries` ((name, bytes), in this order) and
     project/data/raw/sample_submission.csv listing `ids` in this order."""
-    import zipfile
-
     raw = project / "data" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(raw / "test.zip", "w") as archive:
-        for name, data in entries:
-            archive.writestr(name, data)
+    write_zip(raw / "test.zip", entries)
     with (raw / "sample_submission.csv").open("w", newline="") as stream:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(["id", "label"])

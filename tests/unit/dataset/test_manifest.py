@@ -14,7 +14,7 @@ import pytest
 from finetune.core.errors import StageError
 from finetune.dataset.classes import classify
 from finetune.dataset.manifest import open_train_images, read_manifest, write_manifest
-from tests.support.projects import write_train_images
+from tests.support.projects import write_train_images, write_zip
 
 # Given out of order, in nested folders too: the manifest lists them class by class,
 # each class sorted by name.
@@ -51,9 +51,7 @@ def read_all(project: Path) -> dict[str, bytes]:
 def rewrite_archive(project: Path, images: dict[str, bytes]) -> None:
     """train.zip replaced by one holding `images`, data/train.json left as it was."""
     archive(project).unlink()
-    with zipfile.ZipFile(archive(project), "w") as replaced:
-        for name, data in images.items():
-            replaced.writestr(name, data)
+    write_zip(archive(project), images)
 
 
 def refusal(error: pytest.ExceptionInfo[StageError]) -> str:
@@ -81,10 +79,7 @@ def test_an_image_is_named_by_class_and_read_from_its_own_entry(tmp_path: Path) 
     # Kaggle's layout: the entry "train/cat.0.jpg" is the image "cat/cat.0.jpg".
     entries = {f"train/{label}.{number}.jpg": bytes([number]) * (10 + number)
                for label in ("cat", "dog") for number in range(2)}
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    with zipfile.ZipFile(archive(tmp_path), "w") as written:
-        for name, data in entries.items():
-            written.writestr(name, data)
+    write_zip(archive(tmp_path), entries)
     with zipfile.ZipFile(archive(tmp_path)) as opened, contextlib.chdir(tmp_path):
         write_manifest(classify(opened.infolist())[0])
     listed = read_manifest(manifest(tmp_path))
